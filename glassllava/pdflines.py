@@ -1,0 +1,443 @@
+"""Column-aware text lines and blocks from PDF pages (pdfplumber words in, reading order out).
+
+pdfplumber's ``extract_text`` joins the two columns of a page into one line, so a caption
+that starts mid-line ("... the glass. Fig. 3. SEM image ...") is lost. Here a visual row of
+words is split wherever its gap crosses the page's column gutter, or is far wider than any
+justified word space. Lines are then grouped into blocks (heading, paragraph, caption) and
+ordered as a reader would: full-width blocks split the page into bands, and inside each
+band the left column is read before the right one.
+
+Used by ``ingest`` (paragraphs, headings, in-text figure context) and ``figures`` (captions).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pypdfium2.raw as pdfium_c
+
+# A caption starts a block with "Fig. 3.", "FIG. 3.", "Figure. 3:", "Fig.3.", "Fig. 3 Text",
+# "Figure 7-26 ..."; it is never a body reference such as "Fig. 3 shows" or "Fig. 13(a) shows".
+CAPTION_RE = re.compile(
+    r"^(?P<word>Fig(?:ure)?|FIG(?:URE)?|Figure)\s*\.?\s*"
+    r"(?P<label>S?\d{1,3}(?:[-\u2013.]\d{1,3})?)(?![\d])(?![-\u2013.]\d)"
+    r"(?P<rest>\s*(?:[.:|\u2014\u2013-]\s*|\s+(?=[A-Z\u0391-\u03a9\"'\u201c])).*|\s*)$",
+    re.S,
+)
+TABLE_CAPTION_RE = re.compile(r"^(?:Table|TABLE)\s+(?P<label>[IVX\d]+[A-Za-z]?)\s*(?:[.:|]|\s+(?=[A-Z]))")
+_HEADING_NUMBER_RE = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[IVX]+\.)\s+\S")
+_BOLD_RE = re.compile(r"bold|black|heavy|semibold|demi|,B\b|-B\b|\.B\b|Medi", re.I)
+_CID_RE = re.compile(r"\(cid:\d+\)")
+
+
+def caption_label(text: str) -> str | None:
+    """The figure label when ``text`` opens a figure caption, else None.
+
+    >>> caption_label("Fig. 3. SEM image"), caption_label("Fig. 3 shows cracks")
+    ('3', None)
+    """
+    m = CAPTION_RE.match(text.strip())
+    if not m:
+        return None
+    rest = m.group("rest")
+    # "Fig. 3" alone on a line is a caption only when followed by punctuation or nothing
+    if rest.strip() and rest.lstrip()[:1].islower():
+        return None
+    return m.group("label").replace("\u2013", "-")
+
+
+def clean_text(text: str) -> str:
+    """Normalise whitespace, drop ``(cid:N)`` glyph placeholders and undo end-of-line hyphenation."""
+    text = _CID_RE.sub("", text)
+    text = re.sub(r"(\w)-\s*\n\s*([a-z])", r"\1\2", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@dataclass
+class Line:
+    page: int  # 1-based
+    x0: float
+    top: float
+    x1: float
+    bottom: float
+    text: str
+    size: float
+    fontname: str
+    column: int = 0  # 0 full width / single column, 1 left, 2 right
+
+    @property
+    def bold(self) -> bool:
+        return bool(_BOLD_RE.search(self.fontname))
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        return (self.x0, self.top, self.x1, self.bottom)
+
+
+@dataclass
+class Block:
+    page: int
+    column: int
+    kind: str  # heading | paragraph | caption | table_caption
+    lines: list[Line] = field(default_factory=list)
+    label: str | None = None  # figure/table label for captions
+
+    @property
+    def text(self) -> str:
+        out = ""
+        for ln in self.lines:
+            t = ln.text
+            if out.endswith("-") and t[:1].islower() and len(out) > 1 and out[-2].isalpha():
+                out = out[:-1] + t
+            else:
+                out = f"{out} {t}" if out else t
+        return clean_text(out)
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        return (
+            min(ln.x0 for ln in self.lines),
+            min(ln.top for ln in self.lines),
+            max(ln.x1 for ln in self.lines),
+            max(ln.bottom for ln in self.lines),
+        )
+
+    @property
+    def size(self) -> float:
+        return statistics.median(ln.size for ln in self.lines)
+
+
+@dataclass
+class PageText:
+    page: int
+    width: float
+    height: float
+    gutter: tuple[float, float] | None  # x-range of the column gutter, None on one-column pages
+    lines: list[Line]
+    blocks: list[Block]
+
+
+# ---- lines --------------------------------------------------------------------------
+
+
+def _rows(words: list[dict]) -> list[list[dict]]:
+    """Group words into visual rows by vertical overlap of their centres."""
+    rows: list[list[dict]] = []
+    for w in sorted(words, key=lambda w: (round(w["top"], 1), w["x0"])):
+        c = (w["top"] + w["bottom"]) / 2
+        h = max(w["bottom"] - w["top"], 1.0)
+        for row in reversed(rows[-4:]):
+            r0 = row[0]
+            rc = (r0["top"] + r0["bottom"]) / 2
+            if abs(rc - c) <= 0.4 * min(h, max(r0["bottom"] - r0["top"], 1.0)):
+                row.append(w)
+                break
+        else:
+            rows.append([w])
+    for row in rows:
+        row.sort(key=lambda w: w["x0"])
+    return rows
+
+
+def find_gutter(rows: list[list[dict]], width: float) -> tuple[float, float] | None:
+    """Find the vertical whitespace band between two text columns, if the page has one.
+
+    Coverage of each x by wide text segments (runs of words with ordinary spacing) is
+    counted over all rows; a gutter is the widest band near the middle of the page that
+    almost no segment crosses, with many segments ending left of it and starting right of it.
+    """
+    segs: list[tuple[float, float]] = []
+    for row in rows:
+        start = row[0]["x0"]
+        prev = row[0]
+        for w in row[1:]:
+            size = max(prev.get("size", 10.0), 4.0)
+            if w["x0"] - prev["x1"] > 0.9 * size:
+                segs.append((start, prev["x1"]))
+                start = w["x0"]
+            prev = w
+        segs.append((start, prev["x1"]))
+    segs = [s for s in segs if s[1] - s[0] > 0.12 * width]  # body-text segments only
+    if len(segs) < 8:
+        return None
+    n = int(width) + 1
+    cover = np.zeros(n, dtype=np.int32)
+    for x0, x1 in segs:
+        cover[max(int(x0), 0) : min(int(x1) + 1, n)] += 1
+    lo, hi = int(0.3 * width), int(0.7 * width)
+    limit = max(1, int(0.04 * len(segs)))
+    best: tuple[int, int] | None = None
+    x = lo
+    while x < hi:
+        if cover[x] <= limit:
+            y = x
+            while y < n - 1 and cover[y + 1] <= limit:
+                y += 1
+            xs = x
+            while xs > 0 and cover[xs - 1] <= limit:
+                xs -= 1
+            if best is None or (y - xs) > (best[1] - best[0]):
+                best = (xs, y)
+            x = y + 1
+        else:
+            x += 1
+    if best is None or best[1] - best[0] < 4:
+        return None
+    g0, g1 = float(best[0]), float(best[1] + 1)
+    left = sum(1 for s in segs if s[1] <= g0 + 1)
+    right = sum(1 for s in segs if s[0] >= g1 - 1)
+    if left < 4 or right < 4 or g0 < 0.2 * width or g1 > 0.8 * width:
+        return None
+    return (g0, g1)
+
+
+def _make_line(page: int, words: list[dict]) -> Line:
+    sizes = [w.get("size", 10.0) for w in words]
+    fonts = Counter(w.get("fontname", "") for w in words for _ in range(len(w["text"])))
+    return Line(
+        page=page,
+        x0=min(w["x0"] for w in words),
+        top=min(w["top"] for w in words),
+        x1=max(w["x1"] for w in words),
+        bottom=max(w["bottom"] for w in words),
+        text=" ".join(w["text"] for w in words),
+        size=float(statistics.median(sizes)),
+        fontname=fonts.most_common(1)[0][0] if fonts else "",
+    )
+
+
+def page_words(page) -> list[dict]:
+    """Words of a pypdfium2 page, in pdfplumber's coordinates (x as in the PDF, ``top = H - y``).
+
+    pdfium's text layer is read directly: 20-50x faster than pdfminer on pages full of
+    vector graphics. A word ends at a space, a line change or a horizontal gap; rotated
+    text (axis titles) is returned with ``upright=False``.
+    """
+    height = page.get_height()
+    tp = page.get_textpage()
+    raw = tp.raw
+    n = tp.count_chars()
+    words: list[dict] = []
+    cur: dict | None = None
+    fontbuf = ctypes.create_string_buffer(128)
+    flags = ctypes.c_int()
+    matrix = pdfium_c.FS_MATRIX()
+    last_font_obj = None
+    fontname = ""
+    for i in range(n):
+        u = pdfium_c.FPDFText_GetUnicode(raw, i)
+        ch = chr(u) if u else ""
+        if not ch or ch.isspace() or pdfium_c.FPDFText_IsGenerated(raw, i) == 1 and not ch.strip():
+            cur = None
+            continue
+        l, b, r, t = tp.get_charbox(i, loose=True)
+        pdfium_c.FPDFText_GetMatrix(raw, i, ctypes.byref(matrix))
+        # the font size in text space times the text matrix's scale = the size seen on the page
+        size = pdfium_c.FPDFText_GetFontSize(raw, i) * math.sqrt(abs(matrix.a * matrix.d - matrix.b * matrix.c))
+        angle = pdfium_c.FPDFText_GetCharAngle(raw, i)
+        upright = abs(angle) < 0.05 or abs(angle - 6.2832) < 0.05
+        obj = pdfium_c.FPDFText_GetTextObject(raw, i)
+        obj_key = ctypes.cast(obj, ctypes.c_void_p).value
+        if obj_key != last_font_obj:
+            pdfium_c.FPDFText_GetFontInfo(raw, i, fontbuf, 128, ctypes.byref(flags))
+            fontname = fontbuf.value.decode("latin-1", "replace")
+            last_font_obj = obj_key
+        x0, x1, top, bottom = l, r, height - t, height - b
+        if cur is not None and upright and cur["upright"]:
+            gap = x0 - cur["x1"]
+            same_row = abs((top + bottom) - (cur["top"] + cur["bottom"])) < 0.5 * max(bottom - top, 1.0)
+            if same_row and -0.8 * size <= gap <= 0.12 * max(size, 1.0) + 0.8:
+                cur["text"] += ch
+                cur["x1"] = max(cur["x1"], x1)
+                cur["top"] = min(cur["top"], top)
+                cur["bottom"] = max(cur["bottom"], bottom)
+                continue
+        elif cur is not None and not upright and not cur["upright"]:
+            near = abs(x0 - cur["x0"]) < size and abs(top - cur["bottom"]) < 0.5 * size or abs(bottom - cur["top"]) < 0.5 * size
+            if near and abs(x0 - cur["x0"]) < size:
+                cur["text"] += ch
+                cur["x0"], cur["x1"] = min(cur["x0"], x0), max(cur["x1"], x1)
+                cur["top"], cur["bottom"] = min(cur["top"], top), max(cur["bottom"], bottom)
+                continue
+        cur = {"text": ch, "x0": x0, "x1": x1, "top": top, "bottom": bottom, "size": size,
+               "fontname": fontname, "upright": upright}
+        words.append(cur)
+    tp.close()
+    return words
+
+
+def page_lines(page, page_number: int) -> tuple[list[Line], tuple[float, float] | None]:
+    """Column-aware lines of one pypdfium2 page, and the page's gutter (None if one column)."""
+    words = [w for w in page_words(page) if w["upright"]]
+    rows = _rows(words)
+    gutter = find_gutter(rows, float(page.get_width()))
+    lines: list[Line] = []
+    for row in rows:
+        cur = [row[0]]
+        for w in row[1:]:
+            prev = cur[-1]
+            gap = w["x0"] - prev["x1"]
+            size = max(prev.get("size", 10.0), 4.0)
+            crosses = gutter is not None and prev["x1"] <= gutter[0] + 2 and w["x0"] >= gutter[1] - 2
+            if crosses or gap > max(2.5 * size, 14.0):
+                lines.append(_make_line(page_number, cur))
+                cur = [w]
+            else:
+                cur.append(w)
+        lines.append(_make_line(page_number, cur))
+    for ln in lines:
+        if gutter is None:
+            ln.column = 0
+        elif ln.x1 <= gutter[0] + 2:
+            ln.column = 1
+        elif ln.x0 >= gutter[1] - 2:
+            ln.column = 2
+        else:
+            ln.column = 0
+    lines.sort(key=lambda ln: (ln.top, ln.x0))
+    return lines, gutter
+
+
+# ---- blocks -------------------------------------------------------------------------
+
+
+def _is_heading(ln: Line, body_size: float) -> bool:
+    words = ln.text.split()
+    if not words or len(words) > 14 or ln.text.endswith((",", ";")):
+        return False
+    if caption_label(ln.text) or TABLE_CAPTION_RE.match(ln.text):
+        return False
+    alpha = [c for c in ln.text if c.isalpha()]
+    if len(alpha) < 3:
+        return False
+    larger = ln.size >= body_size + 1.0
+    numbered = bool(_HEADING_NUMBER_RE.match(ln.text)) and not ln.text.rstrip().endswith(".")
+    caps = ln.text.isupper() and len(alpha) >= 4
+    bold = ln.bold and not ln.text.rstrip().endswith(".")
+    return larger or (numbered and (bold or caps or len(words) <= 8)) or (caps and len(words) <= 8) or (bold and len(words) <= 10)
+
+
+def _starts_block(ln: Line, prev: Line, body_size: float) -> bool:
+    gap = ln.top - prev.bottom
+    if gap > 0.9 * max(prev.size, ln.size) or gap < -0.5 * ln.size:
+        return True
+    if abs(ln.size - prev.size) > 0.9:
+        return True
+    if ln.x0 - prev.x0 > 0.8 * ln.size and prev.x1 - ln.x1 > -2:  # first-line indent
+        return True
+    return False
+
+
+def _group_blocks(lines: list[Line], body_size: float) -> list[Block]:
+    blocks: list[Block] = []
+    by_column: dict[int, list[Line]] = {}
+    for ln in lines:
+        by_column.setdefault(ln.column, []).append(ln)
+    for column, col_lines in by_column.items():
+        col_lines.sort(key=lambda ln: (ln.top, ln.x0))
+        cur: Block | None = None
+        for ln in col_lines:
+            label = caption_label(ln.text)
+            tlabel = TABLE_CAPTION_RE.match(ln.text)
+            heading = _is_heading(ln, body_size)
+            new = (
+                cur is None
+                or label is not None
+                or tlabel is not None
+                or heading
+                or cur.kind == "heading"
+                or _starts_block(ln, cur.lines[-1], body_size)
+                # two lines side by side in one column (figure text): never one block
+                or ln.top < cur.lines[-1].bottom - 0.5 * ln.size
+            )
+            if new:
+                kind = "caption" if label else "table_caption" if tlabel else "heading" if heading else "paragraph"
+                cur = Block(
+                    page=ln.page,
+                    column=column,
+                    kind=kind,
+                    lines=[ln],
+                    label=label or (tlabel.group("label") if tlabel else None),
+                )
+                blocks.append(cur)
+            else:
+                cur.lines.append(ln)
+    return blocks
+
+
+def reading_order(blocks: list[Block]) -> list[Block]:
+    """Order blocks as read: full-width blocks cut the page into bands; left column first."""
+    full = sorted((b for b in blocks if b.column == 0), key=lambda b: b.bbox[1])
+    cols = [b for b in blocks if b.column != 0]
+    out: list[Block] = []
+    edges = [b.bbox[1] for b in full] + [float("inf")]
+    band_start = float("-inf")
+    fi = 0
+    for edge in edges:
+        band = [b for b in cols if band_start <= b.bbox[1] < edge]
+        out.extend(sorted(band, key=lambda b: (b.column, b.bbox[1])))
+        if fi < len(full):
+            out.append(full[fi])
+            fi += 1
+        band_start = edge
+    return out
+
+
+def body_font_size(lines: list[Line]) -> float:
+    weights: Counter[float] = Counter()
+    for ln in lines:
+        weights[round(ln.size * 2) / 2] += len(ln.text)
+    return weights.most_common(1)[0][0] if weights else 10.0
+
+
+def _furniture(pages: list[list[Line]], heights: list[float]) -> set[int]:
+    """ids of running headers/footers and page numbers: short lines near the page edge that repeat."""
+    def key(ln: Line) -> str:
+        return re.sub(r"\d+", "#", ln.text.lower())
+
+    margin_lines = [
+        (ln, key(ln))
+        for lines, h in zip(pages, heights)
+        for ln in lines
+        if (ln.bottom < 0.075 * h or ln.top > 0.925 * h) and len(ln.text) < 120
+    ]
+    counts = Counter(k for _, k in margin_lines)
+    n = len(pages)
+    drop = set()
+    for ln, k in margin_lines:
+        if re.fullmatch(r"[#\s\-–/|]+|page #.*|# of #", k) or (n >= 3 and counts[k] >= max(2, n // 2)):
+            drop.add(id(ln))
+    return drop
+
+
+def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
+    """Lines and blocks of the pages of an open ``pypdfium2.PdfDocument``, blocks in reading order."""
+    numbers = pages or list(range(1, len(pdf) + 1))
+    raw = []
+    for n in numbers:
+        page = pdf[n - 1]
+        lines, gutter = page_lines(page, n)
+        raw.append((page.get_width(), page.get_height(), lines, gutter))
+    drop = _furniture([r[2] for r in raw], [float(r[1]) for r in raw])
+    all_lines = [ln for r in raw for ln in r[2] if id(ln) not in drop]
+    body = body_font_size(all_lines)
+    out = []
+    for (width, height, lines, gutter), n in zip(raw, numbers):
+        kept = [ln for ln in lines if id(ln) not in drop]
+        out.append(
+            PageText(
+                page=n,
+                width=float(width),
+                height=float(height),
+                gutter=gutter,
+                lines=kept,
+                blocks=reading_order(_group_blocks(kept, body)),
+            )
+        )
+    return out
