@@ -121,18 +121,22 @@ class _PageContext:
 
 def _page_context(page: PageText, graphics: list[Graphic], body_size: float, min_size: float) -> _PageContext:
     captions = [b for b in page.blocks if b.kind == "caption"]
-    body: list[Box] = []
-    body_line_ids: set[int] = set()
-    for b in page.blocks:
-        span = _column_span(page, b.column)
-        if _is_body_block(b, body_size, span[1] - span[0]):
-            body.append(b.bbox)
-            body_line_ids.update(id(ln) for ln in b.lines)
-    figure_text = [ln for ln in page.lines if id(ln) not in body_line_ids]
     # tiny marks (bullets, rules under headings) are not figures; thin long lines are kept
     # only as part of a cluster with something substantial
     marks = [g.box for g in graphics]
     clusters = [c for c in _cluster(marks, gap=4.0) if (c[2] - c[0]) >= min_size * 0.5 and (c[3] - c[1]) >= min_size * 0.5]
+    body_blocks = []
+    for b in page.blocks:
+        span = _column_span(page, b.column)
+        if b.kind == "caption" or (
+            _is_body_block(b, body_size, span[1] - span[0])
+            # text drawn inside a graphic (a diagram's labels) is part of the figure
+            and not any(_inside(b.bbox, c, 0.85) for c in clusters)
+        ):
+            body_blocks.append(b)
+    body = [b.bbox for b in body_blocks]
+    body_line_ids = {id(ln) for b in body_blocks for ln in b.lines}
+    figure_text = [ln for ln in page.lines if id(ln) not in body_line_ids]
     # graphics that sit inside a running-text block are inline symbols, not figures
     clusters = [c for c in clusters if not any(_inside(c, bb, 0.8) for bb in body)]
     return _PageContext(page, graphics, clusters, body, figure_text, captions, min_size)

@@ -314,7 +314,7 @@ def _is_heading(ln: Line, body_size: float) -> bool:
     if caption_label(ln.text) or TABLE_CAPTION_RE.match(ln.text):
         return False
     alpha = [c for c in ln.text if c.isalpha()]
-    if len(alpha) < 3:
+    if len(alpha) < 3 or ln.size < body_size - 0.6:  # small text is a label in a figure, not a heading
         return False
     larger = ln.size >= body_size + 1.0
     numbered = bool(_HEADING_NUMBER_RE.match(ln.text)) and not ln.text.rstrip().endswith(".")
