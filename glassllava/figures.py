@@ -173,9 +173,20 @@ def _free_band(ctx: _PageContext, cap: Block, direction: str, span: tuple[float,
             bx0, bx1 = cb[2], ctx.page.width
         if bx1 - bx0 < 40:
             return None
-        top, bottom = 0.0, H
+        # running text level with the caption closes the band sideways
         for b in blockers:
-            if b[2] > bx0 + 2 and b[0] < bx1 - 2:
+            if b[2] > bx0 + 2 and b[0] < bx1 - 2 and b[3] > cb[1] + 1 and b[1] < cb[3] - 1:
+                if direction == "left":
+                    bx0 = max(bx0, b[2])
+                else:
+                    bx1 = min(bx1, b[0])
+        if bx1 - bx0 < 40:
+            return None
+        top, bottom = 0.0, H
+        stacked = [c.bbox for c in ctx.captions if c is not cap and c.bbox[2] > cb[0] and c.bbox[0] < cb[2]]
+        for b in blockers:
+            # side captions stacked one above another split the page between their figures
+            if (b[2] > bx0 + 2 and b[0] < bx1 - 2) or b in stacked:
                 if b[3] <= cb[1] + 1:
                     top = max(top, b[3])
                 elif b[1] >= cb[3] - 1:
@@ -264,10 +275,7 @@ def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
     candidates = []
     for cap in ctx.captions:
         span = _column_span(ctx.page, cap.column)
-        cap_width = cap.bbox[2] - cap.bbox[0]
-        directions = ["above", "below"]
-        if cap_width < 0.6 * (span[1] - span[0]) or cap.column == 0:
-            directions += ["left", "right"]
+        directions = ["above", "below", "left", "right"]
         for d in directions:
             band = _free_band(ctx, cap, d, span)
             if band is None:

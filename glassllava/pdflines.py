@@ -127,19 +127,31 @@ class PageText:
 
 
 def _rows(words: list[dict]) -> list[list[dict]]:
-    """Group words into visual rows by vertical overlap of their centres."""
+    """Group words into visual rows.
+
+    A word joins a row when at least half of its height overlaps the row's main words, so
+    sub- and superscripts (smaller, shifted) stay in their line while the next line, whose
+    box barely touches this one, starts a new row.
+    """
     rows: list[list[dict]] = []
+    spans: list[list[float]] = []  # top/bottom of each row's largest word
     for w in sorted(words, key=lambda w: (round(w["top"], 1), w["x0"])):
-        c = (w["top"] + w["bottom"]) / 2
-        h = max(w["bottom"] - w["top"], 1.0)
-        for row in reversed(rows[-4:]):
-            r0 = row[0]
-            rc = (r0["top"] + r0["bottom"]) / 2
-            if abs(rc - c) <= 0.4 * min(h, max(r0["bottom"] - r0["top"], 1.0)):
-                row.append(w)
-                break
-        else:
+        h = max(w["bottom"] - w["top"], 0.5)
+        best, best_overlap = None, 0.0
+        for k in range(max(0, len(rows) - 6), len(rows)):
+            top, bottom = spans[k]
+            overlap = min(bottom, w["bottom"]) - max(top, w["top"])
+            frac = overlap / min(h, max(bottom - top, 0.5))
+            if frac >= 0.5 and frac > best_overlap:
+                best, best_overlap = k, frac
+        if best is None:
             rows.append([w])
+            spans.append([w["top"], w["bottom"]])
+        else:
+            rows[best].append(w)
+            top, bottom = spans[best]
+            if h > bottom - top:
+                spans[best] = [w["top"], w["bottom"]]
     for row in rows:
         row.sort(key=lambda w: w["x0"])
     return rows
@@ -148,66 +160,74 @@ def _rows(words: list[dict]) -> list[list[dict]]:
 def find_gutter(rows: list[list[dict]], width: float) -> tuple[float, float] | None:
     """Find the vertical whitespace band between two text columns, if the page has one.
 
-    Coverage of each x by wide text segments (runs of words with ordinary spacing) is
-    counted over all rows; a gutter is the widest band near the middle of the page that
-    almost no segment crosses, with many segments ending left of it and starting right of it.
+    For each x near the middle of the page, count the rows that have a gap there (text on
+    both sides, none at x) and the rows whose text runs across x. A gutter is the widest band
+    where many rows have a gap and clearly more rows have a gap than cross it, so a page whose
+    top is one column (title, abstract) and whose bottom is two columns still has its gutter.
     """
-    segs: list[tuple[float, float]] = []
+    n = int(width) + 2
+    gapped = np.zeros(n, dtype=np.int32)
+    crossing = np.zeros(n, dtype=np.int32)
     for row in rows:
-        start = row[0]["x0"]
+        if len(row) < 2 and (row[0]["x1"] - row[0]["x0"]) < 0.1 * width:
+            continue
+        seg_start = row[0]["x0"]
         prev = row[0]
+        segs = []
         for w in row[1:]:
-            size = max(prev.get("size", 10.0), 4.0)
-            if w["x0"] - prev["x1"] > 0.9 * size:
-                segs.append((start, prev["x1"]))
-                start = w["x0"]
+            if w["x0"] - prev["x1"] > 0.9 * max(prev.get("size", 10.0), 4.0):
+                segs.append((seg_start, prev["x1"]))
+                seg_start = w["x0"]
             prev = w
-        segs.append((start, prev["x1"]))
-    segs = [s for s in segs if s[1] - s[0] > 0.12 * width]  # body-text segments only
-    if len(segs) < 8:
-        return None
-    n = int(width) + 1
-    cover = np.zeros(n, dtype=np.int32)
-    for x0, x1 in segs:
-        cover[max(int(x0), 0) : min(int(x1) + 1, n)] += 1
+        segs.append((seg_start, prev["x1"]))
+        for a, b in segs:
+            crossing[max(int(a) + 1, 0) : min(int(b), n)] += 1
+        for (a0, a1), (b0, b1) in zip(segs, segs[1:]):
+            if b0 - a1 >= 6.0:
+                gapped[max(int(a1) + 1, 0) : min(int(b0), n)] += 1
     lo, hi = int(0.3 * width), int(0.7 * width)
-    limit = max(1, int(0.04 * len(segs)))
-    best: tuple[int, int] | None = None
+    ok = (gapped >= 5) & (2 * gapped >= 3 * crossing)
+    best: tuple[int, int, tuple[int, int]] | None = None
     x = lo
     while x < hi:
-        if cover[x] <= limit:
+        if ok[x]:
             y = x
-            while y < n - 1 and cover[y + 1] <= limit:
+            while y + 1 < n and ok[y + 1]:
                 y += 1
             xs = x
-            while xs > 0 and cover[xs - 1] <= limit:
+            while xs > 0 and ok[xs - 1]:
                 xs -= 1
-            if best is None or (y - xs) > (best[1] - best[0]):
-                best = (xs, y)
+            # the gutter is the band most rows have a gap in (table columns have fewer)
+            score = (int(gapped[xs : y + 1].max()), y - xs)
+            if y - xs >= 3 and (best is None or score > best[2]):
+                best = (xs, y, score)
             x = y + 1
         else:
             x += 1
-    if best is None or best[1] - best[0] < 4:
+    if best is None:
         return None
-    g0, g1 = float(best[0]), float(best[1] + 1)
-    left = sum(1 for s in segs if s[1] <= g0 + 1)
-    right = sum(1 for s in segs if s[0] >= g1 - 1)
-    if left < 4 or right < 4 or g0 < 0.2 * width or g1 > 0.8 * width:
-        return None
-    return (g0, g1)
+    return (float(best[0]), float(best[1] + 1))
 
 
 def _make_line(page: int, words: list[dict]) -> Line:
-    sizes = [w.get("size", 10.0) for w in words]
-    fonts = Counter(w.get("fontname", "") for w in words for _ in range(len(w["text"])))
+    sizes: Counter[float] = Counter()
+    fonts: Counter[str] = Counter()
+    for w in words:
+        sizes[round(w.get("size", 10.0), 1)] += len(w["text"])
+        fonts[w.get("fontname", "")] += len(w["text"])
+    text = words[0]["text"]
+    for prev, w in zip(words, words[1:]):
+        # a sub/superscript set tight against its base joins it without a space ("TiO2")
+        small = min(w.get("size", 10.0), prev.get("size", 10.0)) < 0.85 * max(w.get("size", 10.0), prev.get("size", 10.0))
+        text += ("" if small and w["x0"] - prev["x1"] < 0.6 else " ") + w["text"]
     return Line(
         page=page,
         x0=min(w["x0"] for w in words),
         top=min(w["top"] for w in words),
         x1=max(w["x1"] for w in words),
         bottom=max(w["bottom"] for w in words),
-        text=" ".join(w["text"] for w in words),
-        size=float(statistics.median(sizes)),
+        text=text,
+        size=float(sizes.most_common(1)[0][0]),
         fontname=fonts.most_common(1)[0][0] if fonts else "",
     )
 
@@ -323,15 +343,24 @@ def _is_heading(ln: Line, body_size: float) -> bool:
     return larger or (numbered and (bold or caps or len(words) <= 8)) or (caps and len(words) <= 8) or (bold and len(words) <= 10)
 
 
-def _starts_block(ln: Line, prev: Line, body_size: float) -> bool:
+def _continues(block: Block, ln: Line) -> bool:
+    """Whether ``ln`` is the next line of ``block``: just below its last line, overlapping it
+    horizontally, same size, no first-line indent."""
+    prev = block.lines[-1]
     gap = ln.top - prev.bottom
-    if gap > 0.9 * max(prev.size, ln.size) or gap < -0.5 * ln.size:
-        return True
+    size = max(prev.size, ln.size)
+    if gap > 0.9 * size or gap < -0.5 * min(prev.size, ln.size):
+        return False
     if abs(ln.size - prev.size) > 0.9:
-        return True
+        return False
+    overlap = min(ln.x1, prev.x1) - max(ln.x0, prev.x0)
+    if overlap < 0.5 * min(ln.x1 - ln.x0, prev.x1 - prev.x0):
+        return False
     if ln.x0 - prev.x0 > 0.8 * ln.size and prev.x1 - ln.x1 > -2:  # first-line indent
-        return True
-    return False
+        return False
+    if abs(ln.x0 - prev.x0) > 3 * size and abs(ln.x1 - prev.x1) > 3 * size:
+        return False  # centred labels of a diagram, not a paragraph
+    return True
 
 
 def _group_blocks(lines: list[Line], body_size: float) -> list[Block]:
@@ -341,33 +370,31 @@ def _group_blocks(lines: list[Line], body_size: float) -> list[Block]:
         by_column.setdefault(ln.column, []).append(ln)
     for column, col_lines in by_column.items():
         col_lines.sort(key=lambda ln: (ln.top, ln.x0))
-        cur: Block | None = None
+        open_blocks: list[Block] = []
         for ln in col_lines:
             label = caption_label(ln.text)
             tlabel = TABLE_CAPTION_RE.match(ln.text)
             heading = _is_heading(ln, body_size)
-            new = (
-                cur is None
-                or label is not None
-                or tlabel is not None
-                or heading
-                or cur.kind == "heading"
-                or _starts_block(ln, cur.lines[-1], body_size)
-                # two lines side by side in one column (figure text): never one block
-                or ln.top < cur.lines[-1].bottom - 0.5 * ln.size
+            open_blocks = [b for b in open_blocks if ln.top - b.lines[-1].bottom <= 2.0 * ln.size]
+            target = None
+            if label is None and tlabel is None and not heading:
+                for b in open_blocks:
+                    if b.kind != "heading" and _continues(b, ln):
+                        target = b
+                        break
+            if target is not None:
+                target.lines.append(ln)
+                continue
+            kind = "caption" if label else "table_caption" if tlabel else "heading" if heading else "paragraph"
+            block = Block(
+                page=ln.page,
+                column=column,
+                kind=kind,
+                lines=[ln],
+                label=label or (tlabel.group("label") if tlabel else None),
             )
-            if new:
-                kind = "caption" if label else "table_caption" if tlabel else "heading" if heading else "paragraph"
-                cur = Block(
-                    page=ln.page,
-                    column=column,
-                    kind=kind,
-                    lines=[ln],
-                    label=label or (tlabel.group("label") if tlabel else None),
-                )
-                blocks.append(cur)
-            else:
-                cur.lines.append(ln)
+            blocks.append(block)
+            open_blocks.append(block)
     return blocks
 
 

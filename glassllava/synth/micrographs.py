@@ -81,7 +81,7 @@ class MicrographSpec:
     bar_style: str = "fei"  # "fei" | "zeiss"
     params: dict = field(default_factory=dict)
     charging: bool = False
-    dose: float = 20.0  # electrons per pixel at unit yield: lower is noisier
+    dose: float = 40.0  # electrons per pixel at unit yield: lower is noisier
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.phenomena if p not in PHENOMENA]
@@ -133,7 +133,7 @@ def spec_from_history(history: dict, rng: np.random.Generator, focus: str | None
         bar_style=bar_style,
         params=params,
         charging=bool(rng.random() < (0.35 if kv >= 15 else 0.12)),
-        dose=float(rng.uniform(10, 50)),
+        dose=float(rng.uniform(25, 90)),
     )
 
 
@@ -196,6 +196,10 @@ def _compatible(chosen: list[str], rng: np.random.Generator) -> list[str]:
     exclusive = [{"phase_separation_droplet", "phase_separation_interconnected"},
                  {"crack_network", "cracks"}, {"leached_layer", "fracture_surface"},
                  {"surface_crystallisation", "fracture_surface"}, {"leached_layer", "surface_crystallisation"}]
+    # a separated glass that also crystallised or corroded would need two length scales in one field
+    separated = {"phase_separation_droplet", "phase_separation_interconnected"}
+    for other in ("surface_crystallisation", "bulk_crystallisation", "dendrites", "leached_layer"):
+        exclusive += [{s, other} for s in separated]
     for p in chosen:
         if any(p in group and out_p in group for group in exclusive for out_p in out):
             continue
@@ -408,14 +412,14 @@ def _irregular_polygon(rng, x, y, r, n, jitter):
 
 def _draw_grains(s: _Scene) -> None:
     """Unmolten raw-material grains (e.g. quartz): angular, raised, with a dark reaction/shrinkage gap."""
-    for x, y, r in _place_circles(s, int(s.rng.integers(1, 6)), 12, 55, margin=10):
+    for x, y, r in _place_circles(s, int(s.rng.integers(2, 7)), 18, 70, margin=10):
         poly = _irregular_polygon(s.rng, x, y, r, int(s.rng.integers(5, 9)), 0.35)
         mask = _polygon_mask([poly])
         soft = ndimage.gaussian_filter(mask, 1.5)
-        s.z += 0.25 * r * soft + 1.5 * mask * _noise(s.rng, 2)
-        s.m += 0.3 * mask
-        ring = ndimage.binary_dilation(mask > 0.5, iterations=2) & ~(mask > 0.5)
-        s.cavity = np.maximum(s.cavity, 0.6 * ring)
+        s.z += 0.3 * r * soft + 2.5 * mask * _noise(s.rng, 2.5)  # rough, angular fracture faces
+        s.m += 0.45 * mask
+        ring = ndimage.binary_dilation(mask > 0.5, iterations=3) & ~(mask > 0.5)
+        s.cavity = np.maximum(s.cavity, 0.7 * ring)  # shrinkage gap around the grain
         s.add_mask("unmolten_grain", mask > 0.5, size_um=2 * r * s.pixel_um)
 
 

@@ -20,7 +20,7 @@ _CRYSTAL_PHENOMENA = ("surface_crystallisation", "bulk_crystallisation", "dendri
 def is_crystallised(history: dict) -> bool:
     """Whether XRD should show Bragg peaks: the same causal rule the micrographs use, taken as certain."""
     odds = history_tendencies(history)
-    return any(odds.get(p, 0) >= 0.5 for p in _CRYSTAL_PHENOMENA) or odds.get("unmolten_grains", 0) >= 0.5
+    return any(odds.get(p, 0) >= 0.5 for p in _CRYSTAL_PHENOMENA)
 
 
 def xrd_data(samples: list[dict], rng: np.random.Generator) -> dict:
@@ -156,18 +156,25 @@ def draw_table(c: Canvas, header: list[str], rows: list[list[str]], box, page_h:
     Y = lambda y: page_h - y  # noqa: E731
     c.setLineWidth(0.7)
     c.line(x0, Y(top), x1, Y(top))
-    colw = (x1 - x0) / len(header)
+    # column widths follow their widest entry, spread to fill the table width
+    need = [max(stringWidth(r[k], font, fs) for r in [header] + rows) + 4 for k in range(len(header))]
+    need = [max(n, stringWidth(header[k], bold, fs) + 4) for k, n in enumerate(need)]
+    scale = (x1 - x0) / sum(need)
+    lefts = [x0 + sum(need[:k]) * scale for k in range(len(header))]
+    pitch = fs * 1.5  # row pitch stays as measured by table_height
+    if scale < 1:  # too narrow: shrink the type instead of overlapping columns
+        fs *= scale
     y = top + 2
     c.setFont(bold, fs)
     for k, h in enumerate(header):
-        c.drawString(x0 + k * colw + 2, Y(y + fs), h)
-    y += fs * 1.5
+        c.drawString(lefts[k] + 1, Y(y + fs), h)
+    y += pitch
     c.setLineWidth(0.4)
     c.line(x0, Y(y), x1, Y(y))
     c.setFont(font, fs)
     for row in rows:
         for k, v in enumerate(row):
-            c.drawString(x0 + k * colw + 2, Y(y + fs + 1), v)
-        y += fs * 1.5
+            c.drawString(lefts[k] + 1, Y(y + fs + 1), v)
+        y += pitch
     c.setLineWidth(0.7)
     c.line(x0, Y(y + 4), x1, Y(y + 4))

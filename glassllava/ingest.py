@@ -1,0 +1,671 @@
+"""Stage ingest: PDFs from the corpus sources in; papers, paragraphs, citations and quarantine tables out.
+
+Sources (``corpus.sources``) are the generated corpus, an inbox folder and a list of URLs.
+Each PDF is stored once by content hash (``raw/pdfs/<sha>.pdf``, a copy: inputs are never
+moved or deleted), parsed into paragraphs in reading order (``pdflines``) and scanned for
+figure citations (``citations``). Bad inputs are kept under ``quarantine/`` with a reason;
+they never stop the run.
+
+Incremental: the result for each PDF (paper or quarantine decision) is cached in
+``ingest/papers/<sha>.<PARSER_VERSION>.json``; the four Parquet tables are rebuilt from those
+files every run, so a re-run parses only PDFs it has not seen with this parser version.
+
+The work is split so a flow can map over papers: ``plan_ingest`` (collect, download, hash,
+look up the cache) -> ``ingest_pdf`` per pending PDF (pure apart from reading the file) ->
+``finish_ingest`` (store bytes, write caches, rebuild tables). ``run_ingest`` does all three.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+
+from glassllava.citations import paragraph_citations
+from glassllava.files import atomic_write_json, read_json, sha256_bytes, sha256_file
+from glassllava.params import CorpusParams, DataLayout, IngestParams
+from glassllava.pdflines import Block, PageText, extract_pages
+from glassllava.schemas import (
+    CITATIONS_SCHEMA,
+    PAPERS_SCHEMA,
+    PARAGRAPHS_SCHEMA,
+    QUARANTINE_SCHEMA,
+    read_table,
+    table_from_rows,
+    write_table,
+)
+
+log = logging.getLogger(__name__)
+
+# Bump when parsing changes what a paper's rows contain: every PDF is parsed again once.
+PARSER_VERSION = "1"
+
+QUARANTINE_REASONS = (
+    "empty",  # zero bytes
+    "truncated",  # cut file: no %%EOF at the end, or pdfium cannot load it
+    "encrypted",  # needs a password
+    "not_pdf",  # no %PDF- header
+    "no_text",  # fewer than params.min_chars_per_page characters per page on average
+    "too_large",  # more than params.max_bytes bytes or params.max_pages pages
+    "parse_error",  # any other failure while parsing
+    "download_failed",  # URL source that could not be fetched
+)
+
+# Waits between download attempts: base * 2**attempt plus up to `base` of jitter.
+DOWNLOAD_BACKOFF_S = 0.5
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_USER_AGENT = "glassllava-ingest/0.1"
+
+DOI_RE = re.compile(r"10\.\d{4,9}/[^\s\"<>]+")
+_FIRST_PAGES_FOR_DOI = 2
+_IMAGE_COVER_LIMIT = 0.8  # a raster covering more of the page is a scan/background: keep its text layer
+
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: a local file (``path``) or a URL (``path`` set once downloaded)."""
+
+    location: str  # the path or URL as given
+    kind: str  # generated | inbox | url
+    path: Path | None = None
+
+
+@dataclass
+class PaperRecord:
+    """What ``ingest_pdf`` learns from a readable PDF; rows already carry ``paper_sha``."""
+
+    paper_sha: str
+    title: str | None
+    doi: str | None
+    n_pages: int
+    n_bytes: int
+    n_columns: int | None
+    paragraphs: list[dict]  # PARAGRAPHS_SCHEMA rows
+    citations: list[dict]  # CITATIONS_SCHEMA rows
+
+
+@dataclass
+class Quarantined:
+    reason: str  # one of QUARANTINE_REASONS
+    detail: str
+
+
+@dataclass
+class PendingPDF:
+    paper_sha: str
+    source: Source
+    n_bytes: int
+    cached: bool  # a result for this sha and parser version exists already
+
+
+@dataclass
+class IngestPlan:
+    pdfs: list[PendingPDF]  # unique by sha, in source order
+    also_from: list[tuple[str, Source]]  # (sha, source) of duplicates of an earlier source
+    download_failures: list[dict]  # QUARANTINE_SCHEMA rows
+    downloaded: int  # URLs fetched this run
+    new_download_failures: int  # URLs that failed this run (the rest are remembered permanent failures)
+
+    @property
+    def pending(self) -> list[PendingPDF]:
+        return [p for p in self.pdfs if not p.cached]
+
+
+@dataclass
+class IngestReport:
+    new: int = 0  # papers parsed and added this run
+    known: int = 0  # papers served from the per-paper cache
+    duplicates: int = 0  # sources whose bytes another source already supplied
+    quarantined: int = 0  # rows in quarantine.parquet this run
+    newly_quarantined: int = 0  # of which decided this run (parsed or failed to download)
+    parsed: int = 0  # ingest_pdf calls this run
+    downloaded: int = 0  # URLs fetched this run
+    tables: dict[str, Path] = field(default_factory=dict)
+
+
+class DownloadFailed(Exception):
+    """A URL could not be fetched; ``permanent`` failures (HTTP 4xx, size cap) are not retried on re-runs."""
+
+    def __init__(self, detail: str, permanent: bool = False):
+        super().__init__(detail)
+        self.permanent = permanent
+
+
+# ---- sources ------------------------------------------------------------------------
+
+
+def collect_sources(corpus: CorpusParams, layout: DataLayout, generated_dir: Path | None = None) -> list[Source]:
+    """Inputs named by ``corpus.sources``, in that order; files sorted by name within a folder."""
+    sources: list[Source] = []
+    for kind in corpus.sources:
+        if kind == "generated":
+            folder = Path(generated_dir) if generated_dir is not None else layout.corpus / "pdfs"
+            files = sorted(folder.glob("*.pdf")) if folder.is_dir() else []
+            if not files:
+                log.warning("generated corpus source has no PDFs in %s", folder)
+            sources += [Source(str(p), "generated", p) for p in files]
+        elif kind == "inbox":
+            folder = Path(corpus.inbox)
+            urls_file = Path(corpus.urls_file).resolve()
+            files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+            # every file is checked (non-PDFs are quarantined), except the URL list and hidden files
+            files = [p for p in files if p.resolve() != urls_file and not p.name.startswith(".")]
+            sources += [Source(str(p), "inbox", p) for p in files]
+        elif kind == "urls":
+            path = Path(corpus.urls_file)
+            if not path.is_file():
+                log.warning("urls source: %s does not exist", path)
+                continue
+            for line in path.read_text(encoding="utf-8").splitlines():
+                url = line.split("#", 1)[0].strip() if line.lstrip().startswith("#") else line.strip()
+                if url and not url.startswith("#"):
+                    sources.append(Source(url, "url"))
+    return sources
+
+
+def _url_filename(url: str) -> str:
+    name = Path(unquote(urlparse(url).path)).name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[-80:] or "download"
+    return f"{sha256_bytes(url.encode())[:16]}-{name}"
+
+
+def download(url: str, dest_dir: Path, timeout: float, retries: int, max_bytes: int, *, client: httpx.Client | None = None) -> Path:
+    """Fetch ``url`` into ``dest_dir`` (streamed, at most ``max_bytes``) and return the file.
+
+    Timeouts, connection errors, HTTP 5xx and 429 are retried ``retries`` times with
+    exponential backoff and jitter (a numeric Retry-After is honoured up to 60 s).
+
+    Raises:
+        DownloadFailed: after the last attempt, or at once for other HTTP errors and the byte cap.
+    """
+    dest = Path(dest_dir) / _url_filename(url)
+    own = client is None
+    client = client or httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=True, headers={"User-Agent": _USER_AGENT})
+    last = "no attempt"
+    try:
+        for attempt in range(retries + 1):
+            wait = DOWNLOAD_BACKOFF_S * 2**attempt + random.uniform(0, DOWNLOAD_BACKOFF_S)
+            try:
+                with client.stream("GET", url) as response:
+                    if response.status_code in _RETRY_STATUS:
+                        last = f"HTTP {response.status_code}"
+                        retry_after = response.headers.get("retry-after", "")
+                        if retry_after.isdigit():
+                            wait = max(wait, min(float(retry_after), 60.0))
+                    elif response.status_code >= 400:
+                        raise DownloadFailed(f"HTTP {response.status_code} from {url}", permanent=True)
+                    else:
+                        return _stream_to(response, dest, max_bytes)
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
+                raise DownloadFailed(f"{type(e).__name__}: {e}", permanent=True) from e
+            except httpx.TransportError as e:  # timeouts, refused connections, dropped streams
+                last = f"{type(e).__name__}: {e or 'no detail'}"
+            if attempt < retries:
+                log.info("download %s: %s, retrying in %.1f s", url, last, wait)
+                time.sleep(wait)
+        raise DownloadFailed(f"{last} after {retries + 1} attempts")
+    finally:
+        if own:
+            client.close()
+
+
+def _stream_to(response: httpx.Response, dest: Path, max_bytes: int) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        n = 0
+        with os.fdopen(fd, "wb") as f:
+            for chunk in response.iter_bytes():
+                n += len(chunk)
+                if n > max_bytes:
+                    raise DownloadFailed(f"larger than download_max_bytes={max_bytes}", permanent=True)
+                f.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+def _fetch_urls(
+    sources: list[Source], params: IngestParams, layout: DataLayout, progress: Progress | None
+) -> tuple[list[Source], list[dict], int, int]:
+    """Local sources for the URL sources (downloading only unseen URLs), and failure rows."""
+    index_path = layout.ingest / "downloads.json"
+    index: dict[str, dict] = read_json(index_path) if index_path.is_file() else {}
+    dest_dir = layout.root / "raw" / "downloads"
+    out: list[Source] = []
+    failures: list[dict] = []
+    fetched = failed = 0
+    urls = [s for s in sources if s.kind == "url"]
+    for i, src in enumerate(urls, 1):
+        entry = index.get(src.location)
+        if entry and entry["status"] == "ok" and Path(entry["path"]).is_file():
+            out.append(Source(src.location, "url", Path(entry["path"])))
+        elif entry and entry["status"] == "failed" and entry.get("permanent"):
+            failures.append(_download_failure_row(src, entry["detail"], entry["seen_at"]))
+        else:
+            now = _now()
+            try:
+                path = download(src.location, dest_dir, params.download_timeout_s, params.download_retries, params.download_max_bytes)
+                index[src.location] = {"status": "ok", "path": str(path), "sha256": sha256_file(path), "fetched_at": now}
+                out.append(Source(src.location, "url", path))
+                fetched += 1
+            except DownloadFailed as e:
+                log.warning("quarantined %s: download_failed (%s)", src.location, e)
+                index[src.location] = {"status": "failed", "detail": str(e), "permanent": e.permanent, "seen_at": now}
+                failures.append(_download_failure_row(src, str(e), now))
+                failed += 1
+            atomic_write_json(index_path, index)
+        if progress:
+            progress("ingest: downloading", i, len(urls))
+    return out, failures, fetched, failed
+
+
+def _download_failure_row(src: Source, detail: str, seen_at: str) -> dict:
+    return {
+        "source_sha": sha256_bytes(b""),
+        "source": src.location,
+        "source_kind": src.kind,
+        "reason": "download_failed",
+        "detail": detail,
+        "kept_at": None,
+        "seen_at": datetime.fromisoformat(seen_at),
+    }
+
+
+# ---- one PDF ------------------------------------------------------------------------
+
+
+def ingest_pdf(pdf: Path | bytes, params: IngestParams, *, paper_sha: str | None = None) -> PaperRecord | Quarantined:
+    """Parse one PDF (a path or its bytes) into a ``PaperRecord``, or say why it is quarantined.
+
+    Pure apart from reading ``pdf``: writes nothing, never raises for a bad file.
+    """
+    if isinstance(pdf, (str, Path)):
+        n_bytes = Path(pdf).stat().st_size
+        if n_bytes > params.max_bytes:
+            return Quarantined("too_large", f"{n_bytes} bytes > max_bytes={params.max_bytes}")
+        data = Path(pdf).read_bytes()
+    else:
+        data = bytes(pdf)
+    if not data:
+        return Quarantined("empty", "zero bytes")
+    if len(data) > params.max_bytes:
+        return Quarantined("too_large", f"{len(data)} bytes > max_bytes={params.max_bytes}")
+    if b"%PDF-" not in data[:1024]:
+        return Quarantined("not_pdf", f"no %PDF- header; starts with {data[:16]!r}")
+    sha = paper_sha or sha256_bytes(data)
+    if b"%%EOF" not in data[-2048:]:
+        return Quarantined("truncated", f"no %%EOF marker at the end of {len(data)} bytes")
+    try:
+        doc = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as e:
+        if e.err_code == pdfium_c.FPDF_ERR_PASSWORD:
+            return Quarantined("encrypted", "a password is needed to open it")
+        if e.err_code in (pdfium_c.FPDF_ERR_FORMAT, pdfium_c.FPDF_ERR_FILE):
+            return Quarantined("truncated", f"pdfium cannot load it: {e}")
+        return Quarantined("parse_error", f"pdfium: {e}")
+    try:
+        n_pages = len(doc)
+        if n_pages > params.max_pages:
+            return Quarantined("too_large", f"{n_pages} pages > max_pages={params.max_pages}")
+        if n_pages == 0:
+            return Quarantined("parse_error", "the document has no pages")
+        return _parse(doc, data, sha, params)
+    except Exception as e:  # a bad file must never stop the run
+        log.debug("parse error in %s", sha, exc_info=True)
+        return Quarantined("parse_error", f"{type(e).__name__}: {e}")
+    finally:
+        doc.close()
+
+
+def _parse(doc: pdfium.PdfDocument, data: bytes, sha: str, params: IngestParams) -> PaperRecord | Quarantined:
+    pages = extract_pages(doc)
+    blocks = [b for pg in pages for b in _body_blocks(pg, _image_boxes(doc[pg.page - 1], pg))]
+    n_chars = sum(len(b.text) for b in blocks)
+    if n_chars < params.min_chars_per_page * len(pages):
+        return Quarantined("no_text", f"{n_chars} characters on {len(pages)} pages (< {params.min_chars_per_page}/page)")
+    paragraphs, citations = [], []
+    section: str | None = None
+    for i, b in enumerate(blocks):
+        text = b.text
+        if b.kind == "heading":
+            section = text
+        paragraphs.append(
+            {
+                "paper_sha": sha,
+                "paragraph_index": i,
+                "page": b.page,
+                "column": b.column,
+                "kind": b.kind,
+                "section": section,
+                "text": text,
+                "bbox": [float(v) for v in b.bbox],
+            }
+        )
+        if b.kind == "paragraph":
+            citations += paragraph_citations(sha, i, text)
+    metadata = doc.get_metadata_dict()
+    return PaperRecord(
+        paper_sha=sha,
+        title=_title(pages[0], metadata.get("Title", "")),
+        doi=_doi(doc, metadata),
+        n_pages=len(pages),
+        n_bytes=len(data),
+        n_columns=_n_columns(pages),
+        paragraphs=paragraphs,
+        citations=citations,
+    )
+
+
+def _image_boxes(page: pdfium.PdfPage, text: PageText) -> list[tuple[float, float, float, float]]:
+    """Top-level raster images as (x0, top, x1, bottom); page-sized ones (scans) left out.
+
+    Images nested in form XObjects are skipped: their bounds are in the form's space.
+    """
+    boxes = []
+    page_area = text.width * text.height
+    for obj in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=0):
+        left, bottom, right, top = obj.get_bounds()
+        box = (left, text.height - top, right, text.height - bottom)
+        if (right - left) * (top - bottom) < _IMAGE_COVER_LIMIT * page_area:
+            boxes.append(box)
+    return boxes
+
+
+def _inside(bbox: tuple[float, float, float, float], boxes: list[tuple[float, float, float, float]]) -> bool:
+    x0, t0, x1, b0 = bbox
+    area = max((x1 - x0) * (b0 - t0), 1e-6)
+    for X0, T0, X1, B0 in boxes:
+        w, h = min(x1, X1) - max(x0, X0), min(b0, B0) - max(t0, T0)
+        if w > 0 and h > 0 and w * h >= 0.5 * area:
+            return True
+    return False
+
+
+def _body_blocks(page: PageText, images: list[tuple[float, float, float, float]]) -> list[Block]:
+    """Blocks worth keeping: no table captions (the schema has no label to tell them from
+    figure captions), no text drawn on raster images, no word-less snippets (axis ticks,
+    panel letters, superscript reference numbers)."""
+    out = []
+    for b in page.blocks:
+        text = b.text
+        if b.kind == "table_caption" or not text:
+            continue
+        if images and _inside(b.bbox, images):
+            continue
+        if len(text) <= 20 and not re.search(r"[^\W\d_]{2}", text):
+            continue
+        out.append(b)
+    return out
+
+
+_BAD_META_TITLE = re.compile(r"^(untitled|microsoft word|title|paper|document|slide)\b|\.(pdf|docx?|tex|dvi|indd)$|^\S+$", re.I)
+
+
+def _title(first_page: PageText, metadata_title: str) -> str | None:
+    """The largest-font text near the top of page 1 (consecutive lines joined); the PDF's
+    metadata title instead when it looks like a title and its words are on page 1."""
+    candidates = [
+        b for b in first_page.blocks
+        if b.kind in ("heading", "paragraph")
+        and b.bbox[1] < 0.6 * first_page.height
+        and len(re.findall(r"[^\W\d_]{2,}", b.text)) >= 2
+    ]
+    title = None
+    if candidates:
+        best = max(candidates, key=lambda b: b.size)  # max keeps the first of equals
+        i = first_page.blocks.index(best)
+        parts = [best]
+        for b in first_page.blocks[i + 1 :]:
+            last = parts[-1]
+            if abs(b.size - best.size) > 0.3 or b.column != best.column or b.bbox[1] - last.bbox[3] > 1.0 * best.size:
+                break
+            parts.append(b)
+        title = " ".join(b.text for b in parts)
+    meta = re.sub(r"\s+", " ", metadata_title or "").strip()
+    if meta and not _BAD_META_TITLE.search(meta) and len(meta.split()) >= 3:
+        page_words = {w.lower() for b in first_page.blocks for w in re.findall(r"\w+", b.text)}
+        meta_words = [w.lower() for w in re.findall(r"\w+", meta)]
+        if title is None or sum(w in page_words for w in meta_words) >= 0.8 * len(meta_words):
+            return meta
+    return title
+
+
+def _clean_doi(doi: str) -> str:
+    doi = doi.rstrip(".,;:'")
+    for open_, close in ("()", "[]", "{}"):
+        while doi.endswith(close) and doi.count(close) > doi.count(open_):
+            doi = doi[:-1].rstrip(".,;:")
+    return doi
+
+
+def _doi(doc: pdfium.PdfDocument, metadata: dict) -> str | None:
+    """First DOI in the metadata, else on the first pages' raw text (headers included)."""
+    texts = [metadata.get(k, "") for k in ("Subject", "Keywords", "Title")]
+    for i in range(min(_FIRST_PAGES_FOR_DOI, len(doc))):
+        tp = doc[i].get_textpage()
+        texts.append(tp.get_text_range())
+        tp.close()
+    for text in texts:
+        if m := DOI_RE.search(text or ""):
+            return _clean_doi(m.group())
+    return None
+
+
+def _n_columns(pages: list[PageText]) -> int | None:
+    text_pages = [pg for pg in pages if len(pg.lines) >= 10]
+    if not text_pages:
+        return None
+    two = sum(pg.gutter is not None for pg in text_pages)
+    return 2 if two > len(text_pages) / 2 else 1
+
+
+# ---- the run ------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _cache_path(layout: DataLayout, sha: str) -> Path:
+    return layout.ingest / "papers" / f"{sha}.{PARSER_VERSION}.json"
+
+
+def _copy_once(src: Path, dest: Path) -> Path:
+    """Copy ``src`` to ``dest`` atomically unless ``dest`` exists (content-addressed names)."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+def plan_ingest(
+    corpus: CorpusParams,
+    params: IngestParams,
+    layout: DataLayout,
+    *,
+    generated_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> IngestPlan:
+    """Collect sources, download new URLs, hash every file and look each sha up in the cache."""
+    sources = collect_sources(corpus, layout, generated_dir)
+    fetched, failures, n_downloaded, n_failed = _fetch_urls(sources, params, layout, progress)
+    local = [s for s in sources if s.kind != "url"] + fetched
+    pdfs: list[PendingPDF] = []
+    also_from: list[tuple[str, Source]] = []
+    seen: set[str] = set()
+    for src in local:
+        assert src.path is not None
+        sha = sha256_file(src.path)
+        if sha in seen:
+            also_from.append((sha, src))
+            continue
+        seen.add(sha)
+        pdfs.append(PendingPDF(sha, src, src.path.stat().st_size, _cache_path(layout, sha).is_file()))
+    return IngestPlan(pdfs, also_from, failures, n_downloaded, n_failed)
+
+
+def finish_ingest(plan: IngestPlan, results: dict[str, PaperRecord | Quarantined], layout: DataLayout) -> IngestReport:
+    """Store the new results (bytes, per-paper caches) and rebuild the four tables.
+
+    ``results`` maps the sha of each pending PDF to what ``ingest_pdf`` returned for it.
+    """
+    previous = _previous_first_seen(layout)
+    report = IngestReport(parsed=len(results), downloaded=plan.downloaded)
+    cached: dict[str, dict] = {}
+    for pdf in plan.pdfs:
+        path = _cache_path(layout, pdf.paper_sha)
+        if pdf.cached:
+            entry = read_json(path)
+            report.known += "paper" in entry
+        else:
+            entry = _store(pdf, results[pdf.paper_sha], layout, previous)
+            atomic_write_json(path, entry)
+            report.new += "paper" in entry
+            report.newly_quarantined += "quarantine" in entry
+        if "paper" in entry:  # the raw copy may have been removed by hand: restore it
+            _copy_once(pdf.source.path, Path(entry["paper"]["pdf_path"]))
+        cached[pdf.paper_sha] = entry
+    report.duplicates = len(plan.also_from)
+    report.newly_quarantined += plan.new_download_failures
+
+    papers, paragraphs, citations, quarantine = [], [], [], list(plan.download_failures)
+    for pdf in plan.pdfs:
+        entry = cached[pdf.paper_sha]
+        if "paper" in entry:
+            papers.append({**entry["paper"], "first_seen": datetime.fromisoformat(entry["paper"]["first_seen"])})
+            paragraphs += entry["paragraphs"]
+            citations += entry["citations"]
+        else:
+            quarantine.append(_quarantine_row(pdf.paper_sha, pdf.source, entry["quarantine"]))
+    for sha, src in plan.also_from:  # every bad file gets its row, even a copy of another bad file
+        if "quarantine" in cached[sha]:
+            quarantine.append(_quarantine_row(sha, src, cached[sha]["quarantine"]))
+    report.quarantined = len(quarantine)
+    out = layout.ingest
+    report.tables = {
+        "papers": write_table(table_from_rows(papers, PAPERS_SCHEMA, "papers"), out / "papers.parquet", PAPERS_SCHEMA),
+        "paragraphs": write_table(
+            table_from_rows(paragraphs, PARAGRAPHS_SCHEMA, "paragraphs"), out / "paragraphs.parquet", PARAGRAPHS_SCHEMA
+        ),
+        "citations": write_table(
+            table_from_rows(citations, CITATIONS_SCHEMA, "citations"), out / "citations.parquet", CITATIONS_SCHEMA
+        ),
+        "quarantine": write_table(
+            table_from_rows(quarantine, QUARANTINE_SCHEMA, "quarantine"), out / "quarantine.parquet", QUARANTINE_SCHEMA
+        ),
+    }
+    return report
+
+
+def _store(pdf: PendingPDF, result: PaperRecord | Quarantined, layout: DataLayout, previous: dict[str, datetime]) -> dict:
+    """Keep the bytes (raw copy or quarantine copy) and return the per-paper cache entry."""
+    src = pdf.source
+    assert src.path is not None
+    now = _now()
+    if isinstance(result, Quarantined):
+        suffix = src.path.suffix.lower() if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", src.path.suffix) else ".bin"
+        kept = _copy_once(src.path, layout.quarantine / f"{pdf.paper_sha}{suffix}")
+        log.warning("quarantined %s: %s (%s); kept at %s", src.location, result.reason, result.detail, kept)
+        return {"quarantine": {"reason": result.reason, "detail": result.detail, "kept_at": str(kept), "seen_at": now}}
+    raw = _copy_once(src.path, layout.raw_pdfs / f"{pdf.paper_sha}.pdf")
+    first_seen = previous.get(pdf.paper_sha)
+    paper = {
+        "paper_sha": pdf.paper_sha,
+        "pdf_path": str(raw),
+        "source": src.location,
+        "source_kind": src.kind,
+        "title": result.title,
+        "doi": result.doi,
+        "n_pages": result.n_pages,
+        "n_bytes": result.n_bytes,
+        "n_columns": result.n_columns,
+        "first_seen": first_seen.isoformat() if first_seen else now,
+        "parser_version": PARSER_VERSION,
+    }
+    return {"paper": paper, "paragraphs": result.paragraphs, "citations": result.citations}
+
+
+def _quarantine_row(sha: str, src: Source, decision: dict) -> dict:
+    return {
+        "source_sha": sha,
+        "source": src.location,
+        "source_kind": src.kind,
+        "reason": decision["reason"],
+        "detail": decision["detail"],
+        "kept_at": decision["kept_at"],
+        "seen_at": datetime.fromisoformat(decision["seen_at"]),
+    }
+
+
+def _previous_first_seen(layout: DataLayout) -> dict[str, datetime]:
+    """first_seen of every paper in the last papers table (kept across parser versions)."""
+    path = layout.ingest / "papers.parquet"
+    if not path.is_file():
+        return {}
+    try:
+        table = read_table(path, PAPERS_SCHEMA)
+    except Exception as e:  # an old or broken table only costs the dates
+        log.warning("cannot read first_seen from %s: %s", path, e)
+        return {}
+    return dict(zip(table.column("paper_sha").to_pylist(), table.column("first_seen").to_pylist()))
+
+
+def run_ingest(
+    corpus: CorpusParams,
+    params: IngestParams,
+    layout: DataLayout,
+    *,
+    progress: Progress | None = None,
+    generated_dir: Path | None = None,
+) -> IngestReport:
+    """Ingest every source: parse only PDFs not cached for this ``PARSER_VERSION``, rebuild the tables.
+
+    Args:
+        corpus: which sources to read and where they are.
+        params: size/page limits, text threshold, download settings.
+        layout: where raw PDFs, quarantine and ingest tables live.
+        progress: called as ``progress(description, done, total)`` per downloaded and parsed paper.
+        generated_dir: folder of the generated corpus PDFs (default ``layout.corpus / "pdfs"``).
+
+    Returns:
+        An ``IngestReport`` with paper counts and the paths of the four tables.
+    """
+    plan = plan_ingest(corpus, params, layout, generated_dir=generated_dir, progress=progress)
+    pending = plan.pending
+    results: dict[str, PaperRecord | Quarantined] = {}
+    for i, pdf in enumerate(pending, 1):
+        assert pdf.source.path is not None
+        results[pdf.paper_sha] = ingest_pdf(pdf.source.path, params, paper_sha=pdf.paper_sha)
+        if progress:
+            progress("ingest: parsing", i, len(pending))
+    report = finish_ingest(plan, results, layout)
+    log.info(
+        "ingest: %d new, %d known, %d duplicates, %d quarantined (%d parsed, %d downloaded)",
+        report.new, report.known, report.duplicates, report.quarantined, report.parsed, report.downloaded,
+    )
+    return report
