@@ -23,7 +23,7 @@ from glassllava.pdflines import CAPTION_RE, caption_label
 _PREFIX = re.compile(
     r"(?<![A-Za-z])(?:(?P<supp>Supplementary|Suppl\.|Extended\s+Data)\s+)?"
     r"(?P<word>fig(?:ure)?(?P<plural>s)?)(?![a-z])\.?\s*",
-    re.I,
+    re.IGNORECASE,
 )
 # A figure number: "3", "S2", "3.2" (chapter-numbered). Not "3.5 µm" style decimals of 3+ digits.
 _NUMBER = re.compile(r"(?P<num>[Ss]?\d{1,3}(?:\.\d{1,2})?)(?![\d])")
@@ -95,7 +95,7 @@ def _panels(text: str, pos: int) -> tuple[list[str], int]:
 
 def _figure_range(first: str, last: str, plural: bool) -> list[str] | None:
     """["2", "3", "4"] for 2..4 (or S2..S4), None when the two numbers make no range."""
-    a, b = re.fullmatch(r"(S?)(\d+)", first, re.I), re.fullmatch(r"(S?)(\d+)", last, re.I)
+    a, b = re.fullmatch(r"(S?)(\d+)", first, re.IGNORECASE), re.fullmatch(r"(S?)(\d+)", last, re.IGNORECASE)
     if not a or not b or a.group(1).upper() != b.group(1).upper():
         return None
     lo, hi = int(a.group(2)), int(b.group(2))

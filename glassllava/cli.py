@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 
 app = typer.Typer(
     help="GlassLLaVA: turn glass-materials papers into a model that reads SEM micrographs.\n\n"
-    "Stages run in order: synth (optional) -> ingest -> figures. `dvc repro` runs them all.",
+    "Stages run in order: corpus -> ingest -> figures. `dvc repro` runs them all.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -67,6 +67,137 @@ def synth(
 
     manifest = generate_corpus(out, papers=papers, seed=seed)
     console.print(f"corpus written: {manifest}")
+
+
+class _Progress:
+    """A rich progress bar per stage description, driven by ``progress(description, done, total)``."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, description: str, done: int, total: int) -> None:
+        if description not in self.tasks:
+            self.tasks[description] = self.bar.add_task(description, total=total)
+        self.bar.update(self.tasks[description], completed=done, total=total)
+
+
+def _load(params_path: Path):
+    from glassllava.params import ParamsError, load_params
+
+    try:
+        return load_params(params_path)
+    except ParamsError as e:
+        _fail(str(e))
+
+
+@app.command()
+def corpus(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data")) -> None:
+    """Write the generated corpus when params.yaml's corpus.sources includes "generated".
+
+    Example: glassllava corpus --params params.yaml
+    """
+    from glassllava.params import DataLayout
+    from glassllava.synth import generate_corpus
+
+    p = _load(params)
+    layout = DataLayout(data)
+    if "generated" not in p.corpus.sources:
+        console.print("corpus.sources does not include 'generated': nothing to generate")
+        layout.corpus.mkdir(parents=True, exist_ok=True)
+        return
+    manifest = generate_corpus(layout.corpus, papers=p.corpus.generated.papers, seed=p.corpus.generated.seed)
+    console.print(f"generated corpus: {manifest}")
+
+
+@app.command()
+def ingest(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data")) -> None:
+    """Stage ingest: collect PDFs (generated corpus, inbox, URL list), store them by sha256,
+    quarantine bad files with their reason, extract paragraphs, headings and figure citations.
+
+    Example: glassllava ingest --params params.yaml
+    """
+    from glassllava.ingest import run_ingest
+    from glassllava.params import DataLayout
+
+    p = _load(params)
+    with _Progress() as progress:
+        report = run_ingest(p.corpus, p.ingest, DataLayout(data), progress=progress)
+    console.print(
+        f"ingest: {report.new} new, {report.known} known, {report.duplicates} duplicates, "
+        f"{report.quarantined} quarantined -> {DataLayout(data).ingest}"
+    )
+
+
+@app.command()
+def figures(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data")) -> None:
+    """Stage figures: pair every caption with its figure, split panels, render PNG crops,
+    mark SEM micrographs, attach the paragraphs that cite each figure.
+
+    Example: glassllava figures --params params.yaml
+    """
+    from glassllava.figures import run_figures
+    from glassllava.params import DataLayout
+
+    p = _load(params)
+    try:
+        with _Progress() as progress:
+            report = run_figures(p.figures, DataLayout(data), progress=progress)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    console.print(
+        f"figures: {report.figures} figures ({report.figures_with_region} with a region), {report.panels} panels, "
+        f"{report.sem_panels} SEM panels; {report.papers_processed} of {report.papers} papers processed -> {report.figures_table.parent}"
+    )
+
+
+@app.command()
+def status(data: DataOpt = Path("data")) -> None:
+    """Where the results are: each stage's tables with their row counts, and the figure gallery.
+
+    Example: glassllava status
+    """
+    from rich.table import Table
+
+    from glassllava.params import DataLayout
+    from glassllava.report import pipeline_status
+
+    rows = pipeline_status(DataLayout(data))
+    if not rows:
+        _fail(f"no results under {data}/ yet: run `make run` (or `dvc repro`)")
+    table = Table(title="GlassLLaVA results")
+    for col in ("stage", "what", "where"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+@bench_app.command("figures")
+def bench_figures(
+    manifest: Annotated[Path, typer.Option("--manifest", exists=True, dir_okay=False, help="figures manifest.json (PDFs in pdfs/ beside it)")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
+    dpi: Annotated[int, typer.Option("--dpi", help="Render resolution (rendering is timed).")] = 150,
+) -> None:
+    """Score figure-caption extraction with the pdffigures2 protocol (caption and pair P/R,
+    strict F1 at IoU 0.5, recall at IoU 0.8, caption text similarity, pages per second).
+
+    Example: glassllava bench figures --manifest ../shared/bench/figures/manifest.json --out figures.json
+    """
+    from glassllava.benchmarks import run_figures_benchmark
+
+    _write_result(run_figures_benchmark(manifest, dpi=dpi), out)
 
 
 @bench_app.command("sem")

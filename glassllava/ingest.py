@@ -173,7 +173,7 @@ def collect_sources(corpus: CorpusParams, layout: DataLayout, generated_dir: Pat
                 log.warning("urls source: %s does not exist", path)
                 continue
             for line in path.read_text(encoding="utf-8").splitlines():
-                url = line.split("#", 1)[0].strip() if line.lstrip().startswith("#") else line.strip()
+                url = line.strip()  # whole-line comments only: a URL may contain "#"
                 if url and not url.startswith("#"):
                     sources.append(Source(url, "url"))
     return sources
@@ -185,7 +185,9 @@ def _url_filename(url: str) -> str:
     return f"{sha256_bytes(url.encode())[:16]}-{name}"
 
 
-def download(url: str, dest_dir: Path, timeout: float, retries: int, max_bytes: int, *, client: httpx.Client | None = None) -> Path:
+def download(
+    url: str, dest_dir: Path, timeout: float, retries: int, max_bytes: int, *, client: httpx.Client | None = None
+) -> Path:
     """Fetch ``url`` into ``dest_dir`` (streamed, at most ``max_bytes``) and return the file.
 
     Timeouts, connection errors, HTTP 5xx and 429 are retried ``retries`` times with
@@ -196,7 +198,9 @@ def download(url: str, dest_dir: Path, timeout: float, retries: int, max_bytes: 
     """
     dest = Path(dest_dir) / _url_filename(url)
     own = client is None
-    client = client or httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=True, headers={"User-Agent": _USER_AGENT})
+    client = client or httpx.Client(
+        timeout=httpx.Timeout(timeout), follow_redirects=True, headers={"User-Agent": _USER_AGENT}
+    )
     last = "no attempt"
     try:
         for attempt in range(retries + 1):
@@ -262,8 +266,19 @@ def _fetch_urls(
         else:
             now = _now()
             try:
-                path = download(src.location, dest_dir, params.download_timeout_s, params.download_retries, params.download_max_bytes)
-                index[src.location] = {"status": "ok", "path": str(path), "sha256": sha256_file(path), "fetched_at": now}
+                path = download(
+                    src.location,
+                    dest_dir,
+                    params.download_timeout_s,
+                    params.download_retries,
+                    params.download_max_bytes,
+                )
+                index[src.location] = {
+                    "status": "ok",
+                    "path": str(path),
+                    "sha256": sha256_file(path),
+                    "fetched_at": now,
+                }
                 out.append(Source(src.location, "url", path))
                 fetched += 1
             except DownloadFailed as e:
@@ -340,7 +355,9 @@ def _parse(doc: pdfium.PdfDocument, data: bytes, sha: str, params: IngestParams)
     blocks = [b for pg in pages for b in _body_blocks(pg, _image_boxes(doc[pg.page - 1], pg))]
     n_chars = sum(len(b.text) for b in blocks)
     if n_chars < params.min_chars_per_page * len(pages):
-        return Quarantined("no_text", f"{n_chars} characters on {len(pages)} pages (< {params.min_chars_per_page}/page)")
+        return Quarantined(
+            "no_text", f"{n_chars} characters on {len(pages)} pages (< {params.min_chars_per_page}/page)"
+        )
     paragraphs, citations = [], []
     section: str | None = None
     for i, b in enumerate(blocks):
@@ -364,7 +381,7 @@ def _parse(doc: pdfium.PdfDocument, data: bytes, sha: str, params: IngestParams)
     metadata = doc.get_metadata_dict()
     return PaperRecord(
         paper_sha=sha,
-        title=_title(pages[0], metadata.get("Title", "")),
+        title=_title(pages[0], [b for b in blocks if b.page == pages[0].page], metadata.get("Title", "")),
         doi=_doi(doc, metadata),
         n_pages=len(pages),
         n_bytes=len(data),
@@ -416,24 +433,36 @@ def _body_blocks(page: PageText, images: list[tuple[float, float, float, float]]
     return out
 
 
-_BAD_META_TITLE = re.compile(r"^(untitled|microsoft word|title|paper|document|slide)\b|\.(pdf|docx?|tex|dvi|indd)$|^\S+$", re.I)
+_BAD_META_TITLE = re.compile(
+    r"^(untitled|microsoft word|title|paper|document|slide)\b|\.(pdf|docx?|tex|dvi|indd)$|^\S+$", re.IGNORECASE
+)
 
 
-def _title(first_page: PageText, metadata_title: str) -> str | None:
+# Large text on page 1 that is a journal banner or article type, not the title.
+_NOT_TITLE = re.compile(
+    r"^(journal of|research article|original article|review article|article|letter|contents lists|"
+    r"available online|open access|sciencedirect|elsevier|springer|www\.)",
+    re.IGNORECASE,
+)
+
+
+def _title(first_page: PageText, body_blocks: list[Block], metadata_title: str) -> str | None:
     """The largest-font text near the top of page 1 (consecutive lines joined); the PDF's
     metadata title instead when it looks like a title and its words are on page 1."""
     candidates = [
-        b for b in first_page.blocks
+        b
+        for b in body_blocks
         if b.kind in ("heading", "paragraph")
         and b.bbox[1] < 0.6 * first_page.height
-        and len(re.findall(r"[^\W\d_]{2,}", b.text)) >= 2
+        and len(re.findall(r"[^\W\d_]{2,}", b.text)) >= 3
+        and not _NOT_TITLE.match(b.text)
     ]
     title = None
     if candidates:
         best = max(candidates, key=lambda b: b.size)  # max keeps the first of equals
-        i = first_page.blocks.index(best)
+        i = body_blocks.index(best)
         parts = [best]
-        for b in first_page.blocks[i + 1 :]:
+        for b in body_blocks[i + 1 :]:
             last = parts[-1]
             if abs(b.size - best.size) > 0.3 or b.column != best.column or b.bbox[1] - last.bbox[3] > 1.0 * best.size:
                 break
@@ -535,6 +564,8 @@ def finish_ingest(plan: IngestPlan, results: dict[str, PaperRecord | Quarantined
     ``results`` maps the sha of each pending PDF to what ``ingest_pdf`` returned for it.
     """
     previous = _previous_first_seen(layout)
+    for folder in (layout.raw_pdfs, layout.quarantine, layout.ingest):  # DVC expects every output
+        folder.mkdir(parents=True, exist_ok=True)
     report = IngestReport(parsed=len(results), downloaded=plan.downloaded)
     cached: dict[str, dict] = {}
     for pdf in plan.pdfs:
@@ -582,7 +613,9 @@ def finish_ingest(plan: IngestPlan, results: dict[str, PaperRecord | Quarantined
     return report
 
 
-def _store(pdf: PendingPDF, result: PaperRecord | Quarantined, layout: DataLayout, previous: dict[str, datetime]) -> dict:
+def _store(
+    pdf: PendingPDF, result: PaperRecord | Quarantined, layout: DataLayout, previous: dict[str, datetime]
+) -> dict:
     """Keep the bytes (raw copy or quarantine copy) and return the per-paper cache entry."""
     src = pdf.source
     assert src.path is not None
@@ -629,7 +662,7 @@ def _previous_first_seen(layout: DataLayout) -> dict[str, datetime]:
         return {}
     try:
         table = read_table(path, PAPERS_SCHEMA)
-    except Exception as e:  # an old or broken table only costs the dates
+    except (OSError, ValueError) as e:  # an old or broken table only costs the dates
         log.warning("cannot read first_seen from %s: %s", path, e)
         return {}
     return dict(zip(table.column("paper_sha").to_pylist(), table.column("first_seen").to_pylist()))
@@ -666,6 +699,11 @@ def run_ingest(
     report = finish_ingest(plan, results, layout)
     log.info(
         "ingest: %d new, %d known, %d duplicates, %d quarantined (%d parsed, %d downloaded)",
-        report.new, report.known, report.duplicates, report.quarantined, report.parsed, report.downloaded,
+        report.new,
+        report.known,
+        report.duplicates,
+        report.quarantined,
+        report.parsed,
+        report.downloaded,
     )
     return report

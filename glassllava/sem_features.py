@@ -37,12 +37,18 @@ FEATURE_NAMES: tuple[str, ...] = (
     "histogram_entropy",  # bits, 64 bins
     "edge_brightening",  # mean grey at strong edges minus mean grey, in std units (SEM > 0)
     "gradient_energy",  # mean gradient magnitude / grey std
-    "noise_level",  # std of (image - 3x3 median) / grey std: shot noise of scanned images
+    "noise_level",  # std of (image - 3x3 mean) / grey std: shot noise of scanned images
     "spectrum_slope",  # log-log slope of the radial power spectrum
     "periodic_peak",  # strongest off-centre FFT peak over the annulus median (lattice fringes, SAED)
     "local_contrast_cv",  # coefficient of variation of block standard deviations
     "flat_fraction",  # fraction of 8x8 blocks with almost no texture
     "vertical_shading",  # |top-bottom| mean difference in std units (tilted SEM views, detector shadow)
+    "ridge_polarity",  # skewness of -LoG(sigma=1): thin bright ridges (SE edge effect) > 0, dark outlines < 0
+    "shading_direction",  # length of the mean gradient vector / mean gradient length (one-sided detector lighting)
+    "orientation_order",  # doubled-angle resultant: aligned stripes, fringes, fibres
+    "mode_position",  # grey level of the histogram mode (bright flat background: bright-field TEM, optical)
+    "flat_bright_fraction",  # flat 8x8 blocks brighter than the median (empty TEM/optical background)
+    "flat_dark_fraction",  # flat 8x8 blocks darker than the median (STEM/fluorescence background)
 )
 
 
@@ -70,38 +76,49 @@ def _trim_white_border(grey: np.ndarray, level: float = 0.96) -> tuple[slice, sl
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _data_bar(grey: np.ndarray) -> tuple[float, int]:
-    """Score a dark, full-width strip with bright text at the bottom; also return the first bar row.
-
-    A row belongs to the bar when most of it is dark and it is flat apart from text. The bar must touch
-    the bottom (within 2% of the height), be 3-25% of the height, and contain some bright text pixels.
-    """
+def _bar_at_bottom(grey: np.ndarray, bar_rows: np.ndarray, text: np.ndarray) -> tuple[float, int]:
+    """Find a run of ``bar_rows`` touching the bottom; score it by the text inside and the picture above."""
     height = grey.shape[0]
-    dark_rows = (grey < 0.22).mean(axis=1) > 0.55
     bottom_gap = max(1, int(0.02 * height))
-    if not dark_rows[height - 1 - bottom_gap :].any():
+    if not bar_rows[height - 1 - bottom_gap :].any():
         return 0.0, height
-    # walk upwards from the lowest dark row while rows stay dark (allow one-row gaps inside text lines)
     end = height - 1
-    while end > 0 and not dark_rows[end]:
+    while end > 0 and not bar_rows[end]:
         end -= 1
-    start = end
-    gaps = 0
-    while start > 0 and (dark_rows[start - 1] or gaps < 1):
-        gaps = gaps + 1 if not dark_rows[start - 1] else 0
+    # walk upwards while rows stay bar-like, allowing one-row gaps where a text line is dense
+    start, gaps = end, 0
+    while start > 0 and (bar_rows[start - 1] or gaps < 1):
+        gaps = 0 if bar_rows[start - 1] else gaps + 1
         start -= 1
     start += gaps
     bar_height = end - start + 1
     if bar_height < 3 or bar_height > 0.25 * height or start < 0.4 * height:
         return 0.0, height
-    bar = grey[start : end + 1]
-    above = grey[max(0, start - bar_height) : start]
-    text = (bar > 0.6).mean()
-    if not 0.003 < text < 0.4:
+    text_fraction = float(text[start : end + 1].mean())
+    if not 0.003 < text_fraction < 0.4:
         return 0.0, height
-    # the picture above the bar must not itself be dark (otherwise this is a dark image, not a bar)
-    contrast = float(np.clip((above.mean() - bar.mean()) / 0.25, 0, 1)) if above.size else 0.0
-    return contrast, start
+    above = grey[max(0, start - 2 * bar_height) : start]
+    return (1.0 if above.size else 0.0), start
+
+
+def _data_bar(grey: np.ndarray) -> tuple[float, int]:
+    """Score an instrument data bar at the bottom; also return its first row (``height`` when none).
+
+    Most SEMs (FEI/Thermo, JEOL, Hitachi) print white text on a black strip; Zeiss often prints dark
+    text on a light strip. The light variant is accepted only below a picture that is not itself page
+    white, so the x-axis labels under a plot do not count.
+    """
+    height = grey.shape[0]
+    dark_score, dark_start = _bar_at_bottom(grey, (grey < 0.22).mean(axis=1) > 0.55, grey > 0.6)
+    if dark_score > 0:
+        above = grey[max(0, dark_start - (height - dark_start)) : dark_start]
+        return float(np.clip((above.mean() - grey[dark_start:].mean()) / 0.25, 0, 1)), dark_start
+    light_score, light_start = _bar_at_bottom(grey, (grey > 0.8).mean(axis=1) > 0.6, grey < 0.4)
+    if light_score > 0:
+        above = grey[: light_start]
+        if (above > 0.9).mean() < 0.3 and above.mean() < 0.7:
+            return float(np.clip((grey[light_start:].mean() - above.mean()) / 0.25, 0, 1)), light_start
+    return 0.0, height
 
 
 def _radial_spectrum(grey: np.ndarray) -> tuple[float, float]:
@@ -120,7 +137,9 @@ def _radial_spectrum(grey: np.ndarray) -> tuple[float, float]:
     radial = np.bincount(radius.ravel(), power.ravel()) / np.maximum(counts, 1)
     freqs = np.arange(4, side // 2)
     log_power = np.log(radial[freqs] + 1e-12)
-    slope = float(np.polyfit(np.log(freqs), log_power, 1)[0])
+    log_freqs = np.log(freqs)
+    # closed-form least-squares slope (np.polyfit goes through BLAS threads, slow on busy machines)
+    slope = float(np.cov(log_freqs, log_power, bias=True)[0, 1] / log_freqs.var())
     # periodicity: peak in the annulus 6..60 relative to the radial mean at that radius
     annulus = (radius >= 6) & (radius < side // 2 - 4)
     ratio = power[annulus] / (radial[radius[annulus]] + 1e-12)
@@ -167,7 +186,7 @@ def image_features(image: Image.Image) -> dict[str, float]:
     strong = magnitude > np.quantile(magnitude, 0.9)
     edge_brightening = float((picture[strong].mean() - picture.mean()) / std)
     gradient_energy = float(magnitude.mean() / std)
-    noise_level = float((picture - ndimage.median_filter(picture, 3)).std() / std)
+    noise_level = float((picture - ndimage.uniform_filter(picture, 3)).std() / std)
 
     slope, peak = _radial_spectrum(picture)
 
@@ -176,9 +195,21 @@ def image_features(image: Image.Image) -> dict[str, float]:
     if bh >= 2 and bw >= 2:
         blocks = picture[: bh * block, : bw * block].reshape(bh, block, bw, block).std(axis=(1, 3))
         local_contrast_cv = float(blocks.std() / (blocks.mean() + 1e-3))
-        flat_fraction = float((blocks < 0.01).mean())
+        flat = blocks < 0.015
+        flat_fraction = float(flat.mean())
+        block_means = picture[: bh * block, : bw * block].reshape(bh, block, bw, block).mean(axis=(1, 3))
+        brighter = block_means > np.median(picture)
+        flat_bright_fraction = float((flat & brighter).mean())
+        flat_dark_fraction = float((flat & ~brighter).mean())
     else:
-        local_contrast_cv, flat_fraction = 0.0, 0.0
+        local_contrast_cv, flat_fraction, flat_bright_fraction, flat_dark_fraction = 0.0, 0.0, 0.0, 0.0
+    ridges = -ndimage.gaussian_laplace(picture, 1.0)
+    ridge_std = float(ridges.std()) + 1e-6
+    ridge_polarity = float((((ridges - ridges.mean()) / ridge_std) ** 3).mean())
+    total = float(magnitude.sum()) + 1e-6
+    shading_direction = float(np.hypot(gx.sum(), gy.sum()) / total)
+    angle2 = 2 * np.arctan2(gy, gx)
+    orientation_order = float(np.hypot((magnitude * np.cos(angle2)).sum(), (magnitude * np.sin(angle2)).sum()) / total)
     third = max(1, picture.shape[0] // 3)
     vertical_shading = float(abs(picture[:third].mean() - picture[-third:].mean()) / std)
 
@@ -202,6 +233,12 @@ def image_features(image: Image.Image) -> dict[str, float]:
         "local_contrast_cv": local_contrast_cv,
         "flat_fraction": flat_fraction,
         "vertical_shading": vertical_shading,
+        "ridge_polarity": ridge_polarity,
+        "shading_direction": shading_direction,
+        "orientation_order": orientation_order,
+        "mode_position": float(mode),
+        "flat_bright_fraction": flat_bright_fraction,
+        "flat_dark_fraction": flat_dark_fraction,
     }
     assert tuple(values) == FEATURE_NAMES, "feature dict out of sync with FEATURE_NAMES"
     return values

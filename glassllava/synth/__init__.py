@@ -19,6 +19,13 @@ from glassllava.synth.papers import make_paper
 from glassllava.synth.text import PHENOMENON_KEYWORDS
 
 __all__ = [
-    "DEFECT_TYPES", "PHENOMENA", "PHENOMENON_KEYWORDS", "MicrographSpec", "generate_corpus", "history_tendencies",
-    "make_paper", "render_micrograph", "spec_from_history",
+    "DEFECT_TYPES",
+    "PHENOMENA",
+    "PHENOMENON_KEYWORDS",
+    "MicrographSpec",
+    "generate_corpus",
+    "history_tendencies",
+    "make_paper",
+    "render_micrograph",
+    "spec_from_history",
 ]

@@ -7,8 +7,8 @@ PDF points, origin top-left, ``[x0, top, x1, bottom]``, pages 1-based.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -24,8 +24,13 @@ def paper_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def generate_corpus(out: Path, papers: int, seed: int, *,
-                    progress: Callable[[int, int], None] | None = None) -> Path:
+def generate_corpus(
+    out: Path,
+    papers: int,
+    seed: int,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Write ``papers`` synthetic papers with full ground truth under ``out``; return the manifest path.
 
     Same ``seed`` and ``papers``: byte-identical PDFs, truth files and manifest.
@@ -45,8 +50,13 @@ def generate_corpus(out: Path, papers: int, seed: int, *,
             progress(k + 1, papers)
     manifest = {
         "description": "Synthetic glass-materials papers with known ground truth (glassllava.synth). Coordinates: PDF points, "
-                       "origin top-left, [x0, top, x1, bottom]; pages 1-based. Micrograph boxes are pixels of the embedded image.",
-        "generator": {"name": "glassllava.synth", "seed": seed, "papers": papers, "version": GENERATOR_VERSION},
+        "origin top-left, [x0, top, x1, bottom]; pages 1-based. Micrograph boxes are pixels of the embedded image.",
+        "generator": {
+            "name": "glassllava.synth",
+            "seed": seed,
+            "papers": papers,
+            "version": GENERATOR_VERSION,
+        },
         "documents": documents,
     }
     path = out / "manifest.json"

@@ -85,11 +85,15 @@ class Paper:
     affiliation: str
     abstract: str
     keywords: str
-    blocks: list[tuple]  # ("heading", text, level) | ("para", text, [float keys first cited here]) | ("refs", [lines])
+    blocks: list[
+        tuple
+    ]  # ("heading", text, level) | ("para", text, [float keys first cited here]) | ("refs", [lines])
     floats: dict[str, Float]
 
 
-def _wrap(tokens: list[tuple[str, str]], size: float, width: float, first_indent: float = 0.0) -> list[list[tuple[str, str]]]:
+def _wrap(
+    tokens: list[tuple[str, str]], size: float, width: float, first_indent: float = 0.0
+) -> list[list[tuple[str, str]]]:
     """Greedy line breaking of (word, font) tokens at spaces; a token wider than the line gets its own line."""
     lines: list[list[tuple[str, str]]] = []
     line: list[tuple[str, str]] = []
@@ -111,7 +115,8 @@ def _wrap(tokens: list[tuple[str, str]], size: float, width: float, first_indent
 
 def _line_width(line, size) -> float:
     return sum(stringWidth(w.replace(NBSP, " "), f, size) for w, f in line) + sum(
-        stringWidth(" ", f, size) for _, f in line[:-1])
+        stringWidth(" ", f, size) for _, f in line[:-1]
+    )
 
 
 def _tokens(text: str, font: str) -> list[tuple[str, str]]:
@@ -125,7 +130,9 @@ class Typesetter:
         self.paper, self.s, self.paper_id = paper, style, paper_id
         self.W, self.H = style.pagesize
         self.buf = io.BytesIO()
-        self.c = Canvas(self.buf, pagesize=style.pagesize, invariant=1, pageCompression=1)
+        self.c = Canvas(
+            self.buf, pagesize=style.pagesize, invariant=1, pageCompression=1
+        )
         self.c.setTitle(paper.title)
         self.c.setAuthor(", ".join(paper.authors))
         self.c.setCreator("glassllava.synth")
@@ -134,7 +141,10 @@ class Typesetter:
             self.cols = [(style.margin_x, self.W - style.margin_x)]
         else:
             cw = (tw - style.gutter) / 2
-            self.cols = [(style.margin_x, style.margin_x + cw), (self.W - style.margin_x - cw, self.W - style.margin_x)]
+            self.cols = [
+                (style.margin_x, style.margin_x + cw),
+                (self.W - style.margin_x - cw, self.W - style.margin_x),
+            ]
         self.text_top, self.text_bottom = style.margin_top, self.H - style.margin_bottom
         self.page = 0
         self.col = 0
@@ -151,23 +161,34 @@ class Typesetter:
         s = self.s
         self.c.setFont(s.italic_font, 7.5)
         self.c.drawString(s.margin_x, self.H - (s.margin_top - 18), s.journal)
-        self.c.drawRightString(self.W - s.margin_x, self.H - (s.margin_top - 18), self.paper_id)
+        self.c.drawRightString(
+            self.W - s.margin_x, self.H - (s.margin_top - 18), self.paper_id
+        )
         self.c.setFont(s.body_font, 8)
         self.c.drawCentredString(self.W / 2, s.margin_bottom - 24, str(self.page))
         self.col = 0
         self.cursor = [self.text_top] * len(self.cols)
         self.bottom = [self.text_bottom] * len(self.cols)
-        self.bottom_used = [False] * len(self.cols)  # one bottom float per column keeps floats in order
+        self.bottom_used = [False] * len(
+            self.cols
+        )  # one bottom float per column keeps floats in order
 
     def _start_page_floats(self) -> None:
-        while self.queue and (self._spans(self.queue[0])) and self._fits_top_span(self.queue[0]):
+        while (
+            self.queue
+            and (self._spans(self.queue[0]))
+            and self._fits_top_span(self.queue[0])
+        ):
             self._place(self.queue.pop(0), top=max(self.cursor), span=True)
 
     def _start_column_floats(self) -> None:
         while self.queue and not self._spans(self.queue[0]):
             f = self.queue[0]
             h = self._float_height(f, span=False)
-            if self.cursor[self.col] + h > self.bottom[self.col] and self.cursor[self.col] > self.text_top + 1:
+            if (
+                self.cursor[self.col] + h > self.bottom[self.col]
+                and self.cursor[self.col] > self.text_top + 1
+            ):
                 break
             self._place(self.queue.pop(0), top=self.cursor[self.col], span=False)
 
@@ -186,7 +207,9 @@ class Typesetter:
                 self.cursor[self.col] += h
                 return top
             self._next_column()
-        raise RuntimeError(f"{self.paper_id}: a line of {h:.1f} pt does not fit an empty column")
+        raise RuntimeError(
+            f"{self.paper_id}: a line of {h:.1f} pt does not fit an empty column"
+        )
 
     # ------------------------------------------------------------------ floats
     def _spans(self, f: Float) -> bool:
@@ -221,12 +244,12 @@ class Typesetter:
 
     def _caption_tokens(self, f: Float) -> list[tuple[str, str]]:
         s = self.s
-        rest = f.caption[len(f.prefix):].strip()
+        rest = f.caption[len(f.prefix) :].strip()
         bold = s.bold_font if s.caption_bold_label else s.body_font
         return _tokens(f.prefix, bold) + _tokens(rest, s.body_font)
 
     def _float_height(self, f: Float, span: bool) -> float:
-        fig_w, fig_h, cap_w, lines, cap_h = self._geometry(f, span)
+        _, fig_h, _, _, cap_h = self._geometry(f, span)
         if f.caption_position == "side" and len(self.cols) == 1:
             return max(fig_h, cap_h) + GAP
         return fig_h + 6 + cap_h + GAP
@@ -241,7 +264,9 @@ class Typesetter:
             if span:
                 if any(self.bottom_used):
                     return
-                if self.col != 0 or min(self.bottom) - h < max(self.cursor[0] + min_text, self.cursor[1]):
+                if self.col != 0 or min(self.bottom) - h < max(
+                    self.cursor[0] + min_text, self.cursor[1]
+                ):
                     return
                 top = min(self.bottom) - h + GAP
                 self._place(self.queue.pop(0), top=top, span=True)
@@ -259,7 +284,6 @@ class Typesetter:
 
     def _place(self, f: Float, top: float, span: bool) -> None:
         """Draw float ``f`` with its top at ``top``; advance the cursor(s) if it sits at the top."""
-        s = self.s
         fig_w, fig_h, cap_w, lines, cap_h = self._geometry(f, span)
         x0, x1 = (self.cols[0][0], self.cols[-1][1]) if span else self.cols[self.col]
         side = f.caption_position == "side" and len(self.cols) == 1
@@ -275,10 +299,20 @@ class Typesetter:
                 fig_top, cap_top = top, top + fig_h + 6
         panels = self._draw_float_body(f, fx, fig_top, fig_w, fig_h)
         cap_box = self._draw_caption(lines, cap_x, cap_top)
-        fig_box = [round(fx, 2), round(fig_top, 2), round(fx + fig_w, 2), round(fig_top + fig_h, 2)]
-        f.placed = {"page": self.page, "figure_bbox": fig_box, "caption_bbox": cap_box, "panels": panels,
-                    "caption_position": "side" if side else f.caption_position,
-                    "width_mode": "wide" if span else ("side" if side else "column")}
+        fig_box = [
+            round(fx, 2),
+            round(fig_top, 2),
+            round(fx + fig_w, 2),
+            round(fig_top + fig_h, 2),
+        ]
+        f.placed = {
+            "page": self.page,
+            "figure_bbox": fig_box,
+            "caption_bbox": cap_box,
+            "panels": panels,
+            "caption_position": "side" if side else f.caption_position,
+            "width_mode": "wide" if span else ("side" if side else "column"),
+        }
         used = (max(fig_h, cap_h) if side else fig_h + 6 + cap_h) + GAP
         if abs(top - (max(self.cursor) if span else self.cursor[self.col])) < 0.01:
             if span:
@@ -297,7 +331,9 @@ class Typesetter:
         bottom = top + (len(lines) - 1) * size * 1.2 + size
         return [round(x, 2), round(top, 2), round(x + max(widths), 2), round(bottom, 2)]
 
-    def _draw_line(self, line, x: float, top: float, size: float, extra_space: float) -> None:
+    def _draw_line(
+        self, line, x: float, top: float, size: float, extra_space: float
+    ) -> None:
         """Draw (word, font) tokens; the baseline sits so that glyph boxes span [top, top + size]."""
         font0 = line[0][1]
         baseline = top + size + getDescent(font0, size)  # getDescent is negative
@@ -308,11 +344,22 @@ class Typesetter:
             t.textOut(word.replace(NBSP, " ") + (" " if k < len(line) - 1 else ""))
         self.c.drawText(t)
 
-    def _draw_float_body(self, f: Float, x: float, top: float, w: float, h: float) -> list[dict]:
+    def _draw_float_body(
+        self, f: Float, x: float, top: float, w: float, h: float
+    ) -> list[dict]:
         s = self.s
         if f.kind == "table":
             header, rows = f.table
-            plots.draw_table(self.c, header, rows, (x, top, x + w, top + h), self.H, s.body_font, s.bold_font, s.caption_size)
+            plots.draw_table(
+                self.c,
+                header,
+                rows,
+                (x, top, x + w, top + h),
+                self.H,
+                s.body_font,
+                s.bold_font,
+                s.caption_size,
+            )
             return []
         rows, cols = f.grid
         pw = (w - (cols - 1) * PANEL_GAP) / cols
@@ -321,7 +368,9 @@ class Typesetter:
         for k, p in enumerate(f.panels):
             r, cidx = divmod(k, cols)
             px, pt = x + cidx * (pw + PANEL_GAP), top + r * (ph + PANEL_GAP)
-            boxes.append([round(px, 2), round(pt, 2), round(px + pw, 2), round(pt + ph, 2)])
+            boxes.append(
+                [round(px, 2), round(pt, 2), round(px + pw, 2), round(pt + ph, 2)]
+            )
         if f.single_image and f.panels[0].image is not None:
             self._draw_image(_composite(f.panels, cols, pw), x, top, w, h)
         else:
@@ -331,11 +380,23 @@ class Typesetter:
                     if p.label:
                         self._panel_label(p.label, b[0], b[1])
                 else:
-                    plots.draw_plot(self.c, p.plot, tuple(b), self.H, s.body_font, p.label)
-        return [{"label": p.label, "bbox": b, "is_sem": p.image is not None, "micrograph": p.truth,
-                 "plot": plots.plot_truth(p.plot) if p.plot else None} for p, b in zip(f.panels, boxes)]
+                    plots.draw_plot(
+                        self.c, p.plot, tuple(b), self.H, s.body_font, p.label
+                    )
+        return [
+            {
+                "label": p.label,
+                "bbox": b,
+                "is_sem": p.image is not None,
+                "micrograph": p.truth,
+                "plot": plots.plot_truth(p.plot) if p.plot else None,
+            }
+            for p, b in zip(f.panels, boxes)
+        ]
 
-    def _draw_image(self, image: Image.Image, x: float, top: float, w: float, h: float) -> None:
+    def _draw_image(
+        self, image: Image.Image, x: float, top: float, w: float, h: float
+    ) -> None:
         buf = io.BytesIO()
         if self.s.image_format == "jpeg":
             image.save(buf, format="JPEG", quality=88)
@@ -378,8 +439,14 @@ class Typesetter:
         tokens = _tokens("Abstract", s.bold_font) + _tokens(p.abstract, s.body_font)
         y = self._draw_block(tokens, ax0, ax1, y, s.size - 0.5, (s.size - 0.5) * 1.2)
         y += 4
-        y = self._draw_block(_tokens("Keywords:", s.bold_font) + _tokens(p.keywords, s.body_font), ax0, ax1, y,
-                             s.size - 1, (s.size - 1) * 1.2)
+        y = self._draw_block(
+            _tokens("Keywords:", s.bold_font) + _tokens(p.keywords, s.body_font),
+            ax0,
+            ax1,
+            y,
+            s.size - 1,
+            (s.size - 1) * 1.2,
+        )
         y += 6
         self.c.line(x0, self.H - y, x1, self.H - y)
         self.cursor = [y + 12] * len(self.cols)
@@ -412,7 +479,9 @@ class Typesetter:
             top = self._slot(s.leading)
             x0, x1 = self.cols[self.col]
             dx = ind if k == 0 else 0.0
-            extra = self._justify(line, s.size, width - dx) if k < len(lines) - 1 else 0.0
+            extra = (
+                self._justify(line, s.size, width - dx) if k < len(lines) - 1 else 0.0
+            )
             self._draw_line(line, x0 + dx, top, s.size, extra)
         self.cursor[self.col] += s.leading * 0.25
 
@@ -455,7 +524,9 @@ class Typesetter:
             if self.queue:
                 self._next_column()
         if self.queue:
-            raise RuntimeError(f"{self.paper_id}: could not place {[f.key for f in self.queue]}")
+            raise RuntimeError(
+                f"{self.paper_id}: could not place {[f.key for f in self.queue]}"
+            )
         self.c.showPage()
         self.c.save()
         return self.buf.getvalue(), self.page
@@ -476,9 +547,13 @@ def _composite(panels: list[Panel], cols: int, panel_w_pt: float) -> Image.Image
     from glassllava.synth.micrographs import _font
 
     w, h = panels[0].image.size
-    gap = int(round(PANEL_GAP * w / panel_w_pt))  # the gap in pixels at the panel's print scale
+    gap = round(
+        PANEL_GAP * w / panel_w_pt
+    )  # the gap in pixels at the panel's print scale
     rows = (len(panels) + cols - 1) // cols
-    out = Image.new("L", (cols * w + (cols - 1) * gap, rows * h + (rows - 1) * gap), 255)
+    out = Image.new(
+        "L", (cols * w + (cols - 1) * gap, rows * h + (rows - 1) * gap), 255
+    )
     draw = ImageDraw.Draw(out)
     font = _font(26)
     for k, p in enumerate(panels):

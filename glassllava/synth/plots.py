@@ -33,9 +33,21 @@ def xrd_data(samples: list[dict], rng: np.random.Generator) -> dict:
         if cryst:
             for pos, amp in _family_peaks(h):
                 y += 2.2 * amp * np.exp(-0.5 * ((two_theta - pos) / 0.18) ** 2)
-        series.append({"sample": h["sample_id"], "crystalline": cryst,
-                       "phase": h["properties"]["crystal"] if cryst else None, "y": y})
-    return {"kind": "xrd", "x": two_theta, "series": series, "xlabel": "2 theta (degrees)", "ylabel": "Intensity (a.u.)"}
+        series.append(
+            {
+                "sample": h["sample_id"],
+                "crystalline": cryst,
+                "phase": h["properties"]["crystal"] if cryst else None,
+                "y": y,
+            }
+        )
+    return {
+        "kind": "xrd",
+        "x": two_theta,
+        "series": series,
+        "xlabel": "2 theta (degrees)",
+        "ylabel": "Intensity (a.u.)",
+    }
 
 
 def _family_peaks(h: dict):
@@ -49,20 +61,37 @@ def dsc_data(samples: list[dict], rng: np.random.Generator) -> dict:
     props = h["properties"]
     t = np.linspace(props["Tg_C"] - 200, props["Tm_C"] + 60, 500)
     series = []
-    for k, rate in enumerate(sorted(rng.choice([5, 10, 15, 20], size=int(rng.integers(1, 4)), replace=False))):
+    for k, rate in enumerate(
+        sorted(rng.choice([5, 10, 15, 20], size=int(rng.integers(1, 4)), replace=False))
+    ):
         shift = 8 * math.log(rate / 10) if rate != 10 else 0.0
         tg, tx = props["Tg_C"] + shift * 0.5, props["Tx_C"] + shift * 2
-        y = 0.002 * (t - t[0]) * 0.1 - 0.25 / (1 + np.exp(-(t - tg) / 6))  # baseline and endothermic step at Tg
-        y += 1.2 * np.exp(-0.5 * ((t - tx) / 12) ** 2)  # exothermic crystallisation peak
+        y = 0.002 * (t - t[0]) * 0.1 - 0.25 / (
+            1 + np.exp(-(t - tg) / 6)
+        )  # baseline and endothermic step at Tg
+        y += 1.2 * np.exp(
+            -0.5 * ((t - tx) / 12) ** 2
+        )  # exothermic crystallisation peak
         y -= 0.8 * np.exp(-0.5 * ((t - props["Tm_C"]) / 10) ** 2)  # melting endotherm
         y += 0.01 * rng.standard_normal(t.size)
-        series.append({"sample": f"{rate} K/min", "Tg_C": round(tg), "Tx_C": round(tx), "y": y})
-    return {"kind": "dsc", "x": t, "series": series, "xlabel": "Temperature (°C)", "ylabel": "Heat flow, exo up (a.u.)"}
+        series.append(
+            {"sample": f"{rate} K/min", "Tg_C": round(tg), "Tx_C": round(tx), "y": y}
+        )
+    return {
+        "kind": "dsc",
+        "x": t,
+        "series": series,
+        "xlabel": "Temperature (°C)",
+        "ylabel": "Heat flow, exo up (a.u.)",
+    }
 
 
 def plot_truth(data: dict) -> dict:
     """The JSON part of plot data (no arrays)."""
-    return {"kind": data["kind"], "series": [{k: v for k, v in s.items() if k != "y"} for s in data["series"]]}
+    return {
+        "kind": data["kind"],
+        "series": [{k: v for k, v in s.items() if k != "y"} for s in data["series"]],
+    }
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -75,14 +104,21 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [first + k * step for k in range(int((hi - first) / step) + 1)]
 
 
-def draw_plot(c: Canvas, data: dict, box: tuple[float, float, float, float], page_h: float, font: str, label: str | None) -> None:
+def draw_plot(
+    c: Canvas,
+    data: dict,
+    box: tuple[float, float, float, float],
+    page_h: float,
+    font: str,
+    label: str | None,
+) -> None:
     """Draw axes, ticks, labels and curves inside ``box`` = (x0, top, x1, bottom)."""
     x0, top, x1, bottom = box
     fs = max(6.0, min(8.0, (x1 - x0) / 28))
     # frame: leave room for the y label (rotated) and tick labels on the left, x label at the bottom
     fx0, fx1 = x0 + 2.6 * fs + 4, x1 - 2
     ft, fb = top + 2, bottom - 2.6 * fs - 2
-    Y = lambda y: page_h - y  # noqa: E731  (top-left to reportlab coordinates)
+    Y = lambda y: page_h - y
     c.saveState()
     c.setLineWidth(0.6)
     c.setStrokeColorRGB(0, 0, 0)
@@ -94,8 +130,8 @@ def draw_plot(c: Canvas, data: dict, box: tuple[float, float, float, float], pag
     yhi = max(float(y.max()) for y in ys_all)
     pad = 0.08 * (yhi - ylo)
     ylo, yhi = ylo - pad, yhi + pad * 2.5
-    px = lambda v: fx0 + (v - xlo) / (xhi - xlo) * (fx1 - fx0)  # noqa: E731
-    py = lambda v: fb - (v - ylo) / (yhi - ylo) * (fb - ft)  # noqa: E731
+    px = lambda v: fx0 + (v - xlo) / (xhi - xlo) * (fx1 - fx0)
+    py = lambda v: fb - (v - ylo) / (yhi - ylo) * (fb - ft)
     c.setFont(font, fs)
     for tv in _nice_ticks(xlo, xhi):
         if xlo <= tv <= xhi:
@@ -111,7 +147,13 @@ def draw_plot(c: Canvas, data: dict, box: tuple[float, float, float, float], pag
     for k in range(1, 5):  # unlabelled y ticks, as usual for arbitrary units
         yy = ft + k * (fb - ft) / 5
         c.line(fx0, Y(yy), fx0 + 3, Y(yy))
-    shades = [(0, 0, 0), (0.75, 0.1, 0.1), (0.1, 0.3, 0.75), (0.1, 0.55, 0.2), (0.5, 0.3, 0.6)]
+    shades = [
+        (0, 0, 0),
+        (0.75, 0.1, 0.1),
+        (0.1, 0.3, 0.75),
+        (0.1, 0.55, 0.2),
+        (0.5, 0.3, 0.6),
+    ]
     for k, (s, ys) in enumerate(zip(data["series"], ys_all)):
         c.setStrokeColorRGB(*shades[k % len(shades)])
         path = c.beginPath()
@@ -124,7 +166,11 @@ def draw_plot(c: Canvas, data: dict, box: tuple[float, float, float, float], pag
         c.drawRightString(fx1 - 3, Y(py(ys[-1]) - 2), s["sample"])
         if data["kind"] == "dsc" and k == 0:
             c.setFillColorRGB(0, 0, 0)
-            c.drawString(px(s["Tg_C"]) + 2, Y(py(float(np.interp(s["Tg_C"], xs, ys))) + fs + 2), "Tg")
+            c.drawString(
+                px(s["Tg_C"]) + 2,
+                Y(py(float(np.interp(s["Tg_C"], xs, ys))) + fs + 2),
+                "Tg",
+            )
             c.drawString(px(s["Tx_C"]) + 4, Y(py(float(ys.max()))), "Tx")
     c.setFillColorRGB(0, 0, 0)
     if label:
@@ -142,8 +188,19 @@ def table_rows(samples: list[dict]) -> tuple[list[str], list[list[str]]]:
     oxides = list(comp)
     header = ["Glass"] + oxides + ["Tg (°C)", "Tx (°C)"]
     props = samples[0]["properties"]
-    rows = [["nominal"] + [f"{comp[o]:.1f}" for o in oxides] + [str(props["Tg_C"]), str(props["Tx_C"])]]
-    rows.append(["analysed"] + [f"{comp[o] * (1 + 0.01 * ((i * 7) % 5 - 2)):.1f}" for i, o in enumerate(oxides)] + ["", ""])
+    rows = [
+        ["nominal"]
+        + [f"{comp[o]:.1f}" for o in oxides]
+        + [str(props["Tg_C"]), str(props["Tx_C"])]
+    ]
+    rows.append(
+        ["analysed"]
+        + [
+            f"{comp[o] * (1 + 0.01 * ((i * 7) % 5 - 2)):.1f}"
+            for i, o in enumerate(oxides)
+        ]
+        + ["", ""]
+    )
     return header, rows
 
 
@@ -151,13 +208,25 @@ def table_height(n_rows: int, fs: float) -> float:
     return (n_rows + 1) * fs * 1.5 + 6
 
 
-def draw_table(c: Canvas, header: list[str], rows: list[list[str]], box, page_h: float, font: str, bold: str, fs: float) -> None:
+def draw_table(
+    c: Canvas,
+    header: list[str],
+    rows: list[list[str]],
+    box,
+    page_h: float,
+    font: str,
+    bold: str,
+    fs: float,
+) -> None:
     x0, top, x1, _ = box
-    Y = lambda y: page_h - y  # noqa: E731
+    Y = lambda y: page_h - y
     c.setLineWidth(0.7)
     c.line(x0, Y(top), x1, Y(top))
     # column widths follow their widest entry, spread to fill the table width
-    need = [max(stringWidth(r[k], font, fs) for r in [header] + rows) + 4 for k in range(len(header))]
+    need = [
+        max(stringWidth(r[k], font, fs) for r in [header] + rows) + 4
+        for k in range(len(header))
+    ]
     need = [max(n, stringWidth(header[k], bold, fs) + 4) for k, n in enumerate(need)]
     scale = (x1 - x0) / sum(need)
     lefts = [x0 + sum(need[:k]) * scale for k in range(len(header))]

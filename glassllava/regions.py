@@ -1,0 +1,456 @@
+"""Figure regions: pair each caption of a paper with the graphics it describes.
+
+The default layout backend of the figures stage: caption-anchored region proposal in the
+manner of pdffigures2, with no model weights: captions come from column-aware text lines
+(``pdflines``); graphics (raster images, clipped vector paths) are grouped into clusters;
+each caption claims the clusters in the free space above, below or beside it, bounded by
+body text and other captions. A layoutparser layout model can replace the proposal step
+(``glassllava.layout``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pypdfium2 as pdfium
+from PIL import Image
+
+from glassllava.pagegraphics import Box, Graphic, box_area, box_gap, box_intersection, box_union, page_graphics
+from glassllava.pdflines import Block, Line, PageText, body_font_size, extract_pages
+
+log = logging.getLogger(__name__)
+
+_PANEL_LABEL_RE = re.compile(r"^\(?([a-hA-H])\)?[.:]?$")
+_CAPTION_PANEL_RE = re.compile(r"\(([a-h])\)|\b([a-h])\)")
+
+
+@dataclass
+class Panel:
+    box: Box
+    label: str | None = None
+
+
+@dataclass
+class FigureRegion:
+    """A captioned figure found on one page."""
+
+    label: str
+    page: int
+    caption: str
+    caption_box: Box
+    box: Box | None  # None: caption without a graphic region
+    caption_position: str  # below | above | side | none  (where the caption sits relative to the figure)
+    panels: list[Panel] = field(default_factory=list)
+    score: float = 0.0
+
+
+# ---- text roles -----------------------------------------------------------------------
+
+
+def _is_body_block(b: Block, body_size: float, span_width: float) -> bool:
+    """Running text that a figure region must not cross."""
+    if b.kind in ("heading", "caption", "table_caption"):
+        return True
+    width = b.bbox[2] - b.bbox[0]
+    n_words = len(b.text.split())
+    body_font = abs(b.size - body_size) <= 1.3
+    if len(b.lines) >= 2 and body_font and width >= 0.5 * span_width and n_words >= 12:
+        return True
+    return len(b.lines) == 1 and body_font and width >= 0.75 * span_width and n_words >= 8
+
+
+def _column_span(page: PageText, column: int) -> tuple[float, float]:
+    xs = [ln for ln in page.lines]
+    left = min((ln.x0 for ln in xs), default=0.0)
+    right = max((ln.x1 for ln in xs), default=page.width)
+    if page.gutter is None or column == 0:
+        return (min(left, 0.08 * page.width), max(right, 0.92 * page.width))
+    if column == 1:
+        return (min(left, 0.08 * page.width), page.gutter[0])
+    return (page.gutter[1], max(right, 0.92 * page.width))
+
+
+# ---- clustering ---------------------------------------------------------------------
+
+
+def _cluster(boxes: list[Box], gap: float) -> list[Box]:
+    """Union boxes that overlap or lie within ``gap`` of each other, until stable."""
+    clusters = [list(b) for b in boxes]
+    changed = True
+    while changed:
+        changed = False
+        out: list[list[float]] = []
+        for b in clusters:
+            for c in out:
+                if box_gap(tuple(b), tuple(c)) <= gap:
+                    c[0], c[1], c[2], c[3] = min(c[0], b[0]), min(c[1], b[1]), max(c[2], b[2]), max(c[3], b[3])
+                    changed = True
+                    break
+            else:
+                out.append(list(b))
+        clusters = out
+    return [tuple(c) for c in clusters]
+
+
+# ---- region proposal ----------------------------------------------------------------
+
+
+@dataclass
+class _PageContext:
+    page: PageText
+    graphics: list[Graphic]
+    clusters: list[Box]
+    body: list[Box]  # boxes of running text, headings and captions
+    figure_text: list[Line]  # short lines that may belong to a figure
+    captions: list[Block]
+    min_size: float
+
+
+def _page_context(page: PageText, graphics: list[Graphic], body_size: float, min_size: float) -> _PageContext:
+    captions = [b for b in page.blocks if b.kind == "caption"]
+    # tiny marks (bullets, rules under headings) are not figures; thin long lines are kept
+    # only as part of a cluster with something substantial
+    marks = [g.box for g in graphics]
+    clusters = [c for c in _cluster(marks, gap=4.0) if (c[2] - c[0]) >= min_size * 0.5 and (c[3] - c[1]) >= min_size * 0.5]
+    body_blocks = []
+    for b in page.blocks:
+        span = _column_span(page, b.column)
+        if b.kind == "caption" or (
+            _is_body_block(b, body_size, span[1] - span[0])
+            # text drawn inside a graphic (a diagram's labels) is part of the figure
+            and not any(_inside(b.bbox, c, 0.85) for c in clusters)
+        ):
+            body_blocks.append(b)
+    body = [b.bbox for b in body_blocks]
+    body_line_ids = {id(ln) for b in body_blocks for ln in b.lines}
+    figure_text = [ln for ln in page.lines if id(ln) not in body_line_ids]
+    # graphics that sit inside a running-text block are inline symbols, not figures
+    clusters = [c for c in clusters if not any(_inside(c, bb, 0.8) for bb in body)]
+    return _PageContext(page, graphics, clusters, body, figure_text, captions, min_size)
+
+
+def _inside(a: Box, b: Box, frac: float) -> bool:
+    inter = box_intersection(a, b)
+    return inter is not None and box_area(inter) >= frac * max(box_area(a), 1e-6)
+
+
+def _free_band(ctx: _PageContext, cap: Block, direction: str, span: tuple[float, float]) -> Box | None:
+    """The free region next to a caption in one direction, bounded by body text and captions."""
+    x0, x1 = span
+    cb = cap.bbox
+    H = ctx.page.height
+    blockers = [b for b in ctx.body if b != cb] + [c.bbox for c in ctx.captions if c is not cap]
+    if direction == "above":
+        limit = 0.0
+        for b in blockers:
+            if b[3] <= cb[1] + 1 and b[2] > x0 + 2 and b[0] < x1 - 2:
+                limit = max(limit, b[3])
+        return (x0, limit, x1, cb[1]) if cb[1] - limit > 4 else None
+    if direction == "below":
+        limit = H
+        for b in blockers:
+            if b[1] >= cb[3] - 1 and b[2] > x0 + 2 and b[0] < x1 - 2:
+                limit = min(limit, b[1])
+        return (x0, cb[3], x1, limit) if limit - cb[3] > 4 else None
+    # side: the band left or right of the caption over the page height between blockers
+    if direction in ("left", "right"):
+        if direction == "left":
+            bx0, bx1 = 0.0, cb[0]
+        else:
+            bx0, bx1 = cb[2], ctx.page.width
+        if bx1 - bx0 < 40:
+            return None
+        # running text level with the caption closes the band sideways
+        for b in blockers:
+            if b[2] > bx0 + 2 and b[0] < bx1 - 2 and b[3] > cb[1] + 1 and b[1] < cb[3] - 1:
+                if direction == "left":
+                    bx0 = max(bx0, b[2])
+                else:
+                    bx1 = min(bx1, b[0])
+        if bx1 - bx0 < 40:
+            return None
+        top, bottom = 0.0, H
+        stacked = [c.bbox for c in ctx.captions if c is not cap and c.bbox[2] > cb[0] and c.bbox[0] < cb[2]]
+        for b in blockers:
+            # side captions stacked one above another split the page between their figures
+            if (b[2] > bx0 + 2 and b[0] < bx1 - 2) or b in stacked:
+                if b[3] <= cb[1] + 1:
+                    top = max(top, b[3])
+                elif b[1] >= cb[3] - 1:
+                    bottom = min(bottom, b[1])
+        return (bx0, top, bx1, bottom)
+    raise ValueError(direction)
+
+
+def _claim(ctx: _PageContext, band: Box, taken: set[int]) -> list[int]:
+    """Indices of clusters that lie mostly inside ``band``."""
+    out = []
+    for i, c in enumerate(ctx.clusters):
+        if i in taken:
+            continue
+        inter = box_intersection(c, band)
+        if inter is None:
+            continue
+        if box_area(inter) >= 0.5 * box_area(c) or (
+            # a wide figure under a one-column caption: the cluster reaches out of the band
+            inter[3] - inter[1] >= 0.8 * (c[3] - c[1]) and inter[2] - inter[0] >= 0.3 * (c[2] - c[0])
+        ):
+            out.append(i)
+    return out
+
+
+def _nearest_run(ctx: _PageContext, idx: list[int], cap: Block, direction: str) -> list[int]:
+    """Keep the clusters that form one contiguous figure next to the caption.
+
+    Walks away from the caption and stops at a whitespace gap much larger than the gaps
+    inside the figure (two figures stacked in one free band are then told apart).
+    """
+    if not idx:
+        return []
+    cb = cap.bbox
+    if direction == "above":
+        order = sorted(idx, key=lambda i: -ctx.clusters[i][3])
+        dist = lambda b: cb[1] - b[3]  # noqa: E731
+    elif direction == "below":
+        order = sorted(idx, key=lambda i: ctx.clusters[i][1])
+        dist = lambda b: b[1] - cb[3]  # noqa: E731
+    elif direction == "left":
+        order = sorted(idx, key=lambda i: -ctx.clusters[i][2])
+        dist = lambda b: cb[0] - b[2]  # noqa: E731
+    else:
+        order = sorted(idx, key=lambda i: ctx.clusters[i][0])
+        dist = lambda b: b[0] - cb[2]  # noqa: E731
+    first = ctx.clusters[order[0]]
+    if dist(first) > 0.45 * ctx.page.height:
+        return []
+    keep = [order[0]]
+    union = first
+    for i in order[1:]:
+        c = ctx.clusters[i]
+        if box_gap(union, c) <= 40 or _overlap_1d(union, c, direction):
+            keep.append(i)
+            union = box_union([union, c])
+    return keep
+
+
+def _overlap_1d(a: Box, b: Box, direction: str) -> bool:
+    """b sits beside a (not beyond it) along the walking direction."""
+    if direction in ("above", "below"):
+        return min(a[3], b[3]) - max(a[1], b[1]) > 0.3 * min(a[3] - a[1], b[3] - b[1])
+    return min(a[2], b[2]) - max(a[0], b[0]) > 0.3 * min(a[2] - a[0], b[2] - b[0])
+
+
+def _attach_text(ctx: _PageContext, box: Box, band: Box, cap: Block) -> Box:
+    """Grow a figure box by its own text (axis labels, legends, panel letters)."""
+    changed = True
+    while changed:
+        changed = False
+        for ln in ctx.figure_text:
+            lb = ln.bbox
+            if _inside(lb, box, 0.99) or not _inside(lb, band, 0.6):
+                continue
+            if any(_inside(lb, c.bbox, 0.5) for c in ctx.captions):
+                continue
+            if box_gap(lb, box) <= max(1.2 * ln.size, 8.0):
+                box = box_union([box, lb])
+                changed = True
+    return box
+
+
+def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
+    """Pair every caption on the page with the graphics it describes."""
+    candidates = []
+    for cap in ctx.captions:
+        span = _column_span(ctx.page, cap.column)
+        directions = ["above", "below", "left", "right"]
+        for d in directions:
+            band = _free_band(ctx, cap, d, span)
+            if band is None:
+                continue
+            idx = _nearest_run(ctx, _claim(ctx, band, set()), cap, d)
+            if not idx:
+                continue
+            box = box_union(ctx.clusters[i] for i in idx)
+            cb = cap.bbox
+            # a figure "below" its caption starts below the caption's top, and so on
+            beyond = {"above": box[3] <= cb[3] + 2, "below": box[1] >= cb[1] - 2, "left": box[2] <= cb[2] + 2, "right": box[0] >= cb[0] - 2}
+            if not beyond[d]:
+                continue
+            if d in ("left", "right"):
+                # a side figure must face the caption vertically
+                if min(box[3], cap.bbox[3]) - max(box[1], cap.bbox[1]) < 0.3 * (cap.bbox[3] - cap.bbox[1]):
+                    continue
+            gap = {
+                "above": cap.bbox[1] - box[3],
+                "below": box[1] - cap.bbox[3],
+                "left": cap.bbox[0] - box[2],
+                "right": box[0] - cap.bbox[2],
+            }[d]
+            # prefer a figure above its caption, then below, then beside; nearer is better
+            prior = {"above": 1.0, "below": 0.75, "left": 0.6, "right": 0.55}[d]
+            score = prior * (1.0 / (1.0 + max(gap, 0.0) / 30.0)) * min(1.0, box_area(box) / 5000.0) ** 0.25
+            candidates.append((score, cap, d, band, idx))
+    # greedy assignment: best (caption, direction) first; a cluster belongs to one figure
+    candidates.sort(key=lambda c: -c[0])
+    taken: set[int] = set()
+    done: set[int] = set()
+    regions: dict[int, FigureRegion] = {}
+    for score, cap, d, band, idx in candidates:
+        if id(cap) in done:
+            continue
+        free = [i for i in idx if i not in taken]
+        if not free or len(free) < len(idx) * 0.5:
+            continue
+        taken.update(free)
+        done.add(id(cap))
+        box = _attach_text(ctx, box_union(ctx.clusters[i] for i in free), band, cap)
+        position = {"above": "below", "below": "above", "left": "side", "right": "side"}[d]
+        regions[id(cap)] = FigureRegion(
+            label=cap.label or "",
+            page=ctx.page.page,
+            caption=cap.text,
+            caption_box=cap.bbox,
+            box=box,
+            caption_position=position,
+            panels=[Panel(ctx.clusters[i]) for i in free],
+            score=score,
+        )
+    out = []
+    for cap in ctx.captions:
+        out.append(
+            regions.get(
+                id(cap),
+                FigureRegion(
+                    label=cap.label or "",
+                    page=ctx.page.page,
+                    caption=cap.text,
+                    caption_box=cap.bbox,
+                    box=None,
+                    caption_position="none",
+                ),
+            )
+        )
+    return out
+
+
+# ---- panels ---------------------------------------------------------------------------
+
+
+def _panel_boxes(ctx: _PageContext, region: FigureRegion) -> list[Panel]:
+    """Panels of a figure: its raster images when there are several, else whitespace-separated
+    groups of its graphics; labelled from "(a)"-style letters drawn inside the figure."""
+    box = region.box
+    assert box is not None
+    images = [g.box for g in ctx.graphics if g.kind == "image" and _inside(g.box, box, 0.9)]
+    images = [b for b in images if (b[2] - b[0]) >= ctx.min_size and (b[3] - b[1]) >= ctx.min_size]
+    # images that touch each other (tiles of one picture) merge
+    images = _cluster(images, gap=0.5)
+    if len(images) >= 2:
+        boxes = images
+    else:
+        groups = [c for c in _cluster([g.box for g in ctx.graphics if _inside(g.box, box, 0.9)], gap=6.0)]
+        groups = [b for b in groups if (b[2] - b[0]) >= ctx.min_size and (b[3] - b[1]) >= ctx.min_size]
+        boxes = groups if len(groups) >= 2 else [box]
+    letters = []
+    for ln in ctx.figure_text:
+        m = _PANEL_LABEL_RE.match(ln.text.strip())
+        if m and _inside(ln.bbox, box, 0.5):
+            letters.append((m.group(1).lower(), ln.bbox))
+    # sort panels in reading order: rows (by top, tolerant), then left to right
+    boxes.sort(key=lambda b: (round(b[1] / 20.0), b[0]))
+    panels = [Panel(b) for b in boxes]
+    for letter, lb in letters:
+        cx, cy = (lb[0] + lb[2]) / 2, (lb[1] + lb[3]) / 2
+        best = None
+        for p in panels:
+            # a letter labels the panel it sits in (or just above/left of)
+            d = box_gap((cx, cy, cx, cy), p.box)
+            if d <= 14 and (best is None or d < best[0]):
+                best = (d, p)
+        if best is not None and best[1].label is None:
+            best[1].label = letter
+    if len(panels) == 1 and panels[0].label is not None and len(letters) < 2:
+        panels[0].label = None
+    return panels
+
+
+def split_raster_panels(image: Image.Image, min_frac: float = 0.12) -> list[tuple[int, int, int, int]]:
+    """Split a composite raster figure at white (or black) gutters into panel pixel boxes."""
+    g = np.asarray(image.convert("L"), dtype=np.float32)
+    h, w = g.shape
+    if h < 40 or w < 40:
+        return [(0, 0, w, h)]
+
+    def runs(profile: np.ndarray, length: int) -> list[tuple[int, int]]:
+        blank = profile
+        segs, start = [], None
+        for i, b in enumerate(blank):
+            if not b and start is None:
+                start = i
+            elif b and start is not None:
+                segs.append((start, i))
+                start = None
+        if start is not None:
+            segs.append((start, length))
+        return [s for s in segs if s[1] - s[0] >= min_frac * length]
+
+    def blank_profile(a: np.ndarray, axis: int) -> np.ndarray:
+        white = (a > 245).mean(axis=axis) > 0.995
+        return white
+
+    rows = runs(blank_profile(g, 1), h)
+    boxes = []
+    for r0, r1 in rows or [(0, h)]:
+        cols = runs(blank_profile(g[r0:r1], 0), w)
+        for c0, c1 in cols or [(0, w)]:
+            boxes.append((c0, r0, c1, r1))
+    return boxes or [(0, 0, w, h)]
+
+
+# ---- whole paper ------------------------------------------------------------------------
+
+
+def extract_figure_regions(
+    pdf: pdfium.PdfDocument, *, min_figure_size_pt: float = 36.0, pages: list[PageText] | None = None
+) -> list[FigureRegion]:
+    """Every captioned figure of a paper with its region, caption and panels (no rendering)."""
+    pages = pages if pages is not None else extract_pages(pdf)
+    body_size = body_font_size([ln for p in pages for ln in p.lines])
+    regions: list[FigureRegion] = []
+    for pt in pages:
+        if not any(b.kind == "caption" for b in pt.blocks):
+            continue
+        graphics = page_graphics(pdf[pt.page - 1])
+        ctx = _page_context(pt, graphics, body_size, min_figure_size_pt)
+        for region in propose_regions(ctx):
+            if region.box is not None:
+                region.panels = _panel_boxes(ctx, region)
+            regions.append(region)
+    return _dedupe(regions)
+
+
+def _dedupe(regions: list[FigureRegion]) -> list[FigureRegion]:
+    """One figure per label: a label found twice keeps the caption with a region and more text
+    (the other is usually a body sentence that happens to open a line with "Figure 2.")."""
+    best: dict[str, FigureRegion] = {}
+    for r in regions:
+        cur = best.get(r.label)
+        key = (r.box is not None, len(r.caption) > 12, r.score, len(r.caption))
+        if cur is None or key > (cur.box is not None, len(cur.caption) > 12, cur.score, len(cur.caption)):
+            best[r.label] = r
+    return sorted(best.values(), key=lambda r: (r.page, r.caption_box[1], r.caption_box[0]))
+
+
+def caption_panel_letters(caption: str) -> list[str]:
+    """Panel letters a caption names in order: "(a) ... (b) ..." -> ["a", "b"]."""
+    seen: list[str] = []
+    for m in _CAPTION_PANEL_RE.finditer(caption):
+        letter = m.group(1) or m.group(2)
+        if letter not in seen:
+            seen.append(letter)
+    return seen
+
+

@@ -1,0 +1,84 @@
+"""Human-facing views of the pipeline's outputs: a one-screen status and an HTML figure gallery.
+
+Text from papers is untrusted: every caption and paragraph is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from glassllava.files import atomic_write_text
+from glassllava.params import DataLayout
+
+
+def pipeline_status(layout: DataLayout) -> list[tuple[str, str, str]]:
+    """(stage, what, where) for every table that exists."""
+    rows = []
+    tables = [
+        ("ingest", "papers", layout.ingest / "papers.parquet"),
+        ("ingest", "paragraphs", layout.ingest / "paragraphs.parquet"),
+        ("ingest", "figure citations", layout.ingest / "citations.parquet"),
+        ("ingest", "quarantined inputs", layout.ingest / "quarantine.parquet"),
+        ("figures", "figures", layout.figures / "figures.parquet"),
+        ("figures", "panels", layout.figures / "panels.parquet"),
+    ]
+    for stage, what, path in tables:
+        if path.exists():
+            n = pq.read_metadata(path).num_rows
+            extra = ""
+            if what == "panels" and n:
+                sem = sum(pq.read_table(path, columns=["is_sem"]).column("is_sem").to_pylist())
+                extra = f" ({sem} SEM)"
+            rows.append((stage, f"{n} {what}{extra}", str(path)))
+    page = layout.figures / "index.html"
+    if page.exists():
+        rows.append(("figures", "gallery of figures and panels", str(page)))
+    return rows
+
+
+def write_figure_gallery(layout: DataLayout, max_figures: int = 500) -> Path:
+    """An HTML page with every figure crop, its caption, panels with SEM scores, and context."""
+    figures_path, panels_path = layout.figures / "figures.parquet", layout.figures / "panels.parquet"
+    figures = pq.read_table(figures_path).to_pylist() if figures_path.exists() else []
+    panels = pq.read_table(panels_path).to_pylist() if panels_path.exists() else []
+    by_figure: dict[str, list[dict]] = {}
+    for p in panels:
+        by_figure.setdefault(p["figure_id"], []).append(p)
+    out = layout.figures / "index.html"
+    esc = html.escape
+
+    def rel(path: str | None) -> str:
+        return esc(os.path.relpath(path, out.parent)) if path else ""
+
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>GlassLLaVA figures</title>",
+        "<style>body{font:14px sans-serif;margin:2em;max-width:1200px}"
+        ".fig{border-top:1px solid #ccc;padding:1em 0}.fig img{max-height:320px;max-width:100%}"
+        ".panels img{height:140px;margin:2px;border:3px solid #ddd}.panels .sem{border-color:#2a7}"
+        ".meta{color:#555}.ctx{color:#333;font-size:13px;margin:.3em 0 .3em 1em}</style>",
+        f"<h1>Figures ({len(figures)})</h1>",
+        f"<p class=meta>{sum(p['is_sem'] for p in panels)} of {len(panels)} panels marked SEM (green border).</p>",
+    ]
+    for f in figures[:max_figures]:
+        parts.append("<div class=fig>")
+        parts.append(
+            f"<div class=meta>paper {esc(f['paper_sha'][:12])} &middot; page {f['page']} &middot; Fig. {esc(f['label'])}"
+            f" &middot; caption {esc(f['caption_position'])} &middot; SEM score {f['sem_score']:.2f}</div>"
+        )
+        if f["image_path"]:
+            parts.append(f"<img src='{rel(f['image_path'])}' alt='figure {esc(f['label'])}'>")
+        parts.append(f"<p>{esc(f['caption'])}</p><div class=panels>")
+        for p in by_figure.get(f["figure_id"], []):
+            cls = "sem" if p["is_sem"] else ""
+            title = f"panel {p['panel_label'] or p['panel_index']}: SEM score {p['sem_score']:.2f}"
+            parts.append(f"<img class='{cls}' src='{rel(p['image_path'])}' title='{esc(title)}' alt='{esc(title)}'>")
+        parts.append("</div>")
+        for c in f["context"][:3]:
+            parts.append(f"<p class=ctx>&ldquo;{esc(c[:600])}&rdquo;</p>")
+        parts.append("</div>")
+    atomic_write_text(out, "\n".join(parts) + "\n")
+    return out

@@ -1,0 +1,245 @@
+"""Figure-caption pairing on small PDFs drawn with reportlab, where every box is known."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pypdfium2 as pdfium
+import pytest
+from PIL import Image
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.utils import ImageReader
+from reportlab.pdfgen import canvas
+
+from glassllava.figures import extract_paper_figures, split_raster_panels
+from glassllava.pagegraphics import box_iou, page_graphics
+from glassllava.regions import caption_panel_letters, extract_figure_regions
+
+W, H = A4
+BODY = (
+    "The glass was melted at 1450 C for two hours in a platinum crucible and quenched on a steel plate. "
+    "Annealing near the transition temperature relieved the stress before the samples were cut and polished. "
+)
+
+
+def _grey(w: int = 300, h: int = 220, seed: int = 0) -> ImageReader:
+    rng = np.random.default_rng(seed)
+    a = (rng.random((h, w)) * 120 + 60).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    buf.seek(0)
+    return ImageReader(buf)
+
+
+class Page:
+    """Draw with top-left coordinates (pdfplumber's convention) and remember the boxes."""
+
+    def __init__(self, c: canvas.Canvas) -> None:
+        self.c = c
+
+    def text(self, x: float, top: float, s: str, size: float = 10, font: str = "Times-Roman") -> tuple:
+        self.c.setFont(font, size)
+        self.c.drawString(x, H - top - size * 0.8, s)
+        return (x, top, x + self.c.stringWidth(s, font, size), top + size)
+
+    def paragraph(self, x: float, top: float, width: float, n_lines: int, size: float = 10) -> float:
+        words = (BODY * 10).split()
+        y = top
+        for _ in range(n_lines):
+            line = ""
+            while words and self.c.stringWidth(line + words[0] + " ", "Times-Roman", size) < width:
+                line += words.pop(0) + " "
+            self.text(x, y, line.strip(), size)
+            y += size * 1.2
+        return y
+
+    def image(self, box: tuple, seed: int = 0) -> None:
+        x0, t, x1, b = box
+        self.c.drawImage(_grey(seed=seed), x0, H - b, x1 - x0, b - t)
+
+    def plot(self, box: tuple, clip: tuple | None = None) -> None:
+        """A vector line plot: axes, ticks and a curve (optionally drawn past a clip box)."""
+        x0, t, x1, b = box
+        c = self.c
+        c.setLineWidth(0.8)
+        c.line(x0, H - b, x1, H - b)
+        c.line(x0, H - b, x0, H - t)
+        for i in range(6):
+            xx = x0 + i * (x1 - x0) / 5
+            c.line(xx, H - b, xx, H - b - 4)
+        c.saveState()
+        if clip:
+            p = c.beginPath()
+            p.rect(clip[0], H - clip[3], clip[2] - clip[0], clip[3] - clip[1])
+            c.clipPath(p, stroke=0, fill=0)
+        path = c.beginPath()
+        xs = np.linspace(x0 - (80 if clip else 0), x1 + (80 if clip else 0), 60)
+        for i, xx in enumerate(xs):
+            yy = (t + b) / 2 + (b - t) * 0.35 * np.sin(i / 5)
+            (path.moveTo if i == 0 else path.lineTo)(xx, H - yy)
+        c.drawPath(path, stroke=1, fill=0)
+        c.restoreState()
+
+
+def _pdf(tmp_path: Path, draw) -> tuple[Path, dict]:
+    path = tmp_path / "paper.pdf"
+    c = canvas.Canvas(str(path), pagesize=A4, invariant=1)
+    truth: dict = {}
+    draw(Page(c), truth)
+    c.showPage()
+    c.save()
+    return path, truth
+
+
+def _regions(path: Path):
+    return {r.label: r for r in extract_figure_regions(pdfium.PdfDocument(str(path)))}
+
+
+def test_raster_figure_caption_below_in_two_columns(tmp_path):
+    def draw(p, truth):
+        p.paragraph(50, 60, 230, 30)
+        p.paragraph(315, 60, 230, 8)
+        truth["1"] = (315, 170, 545, 330)
+        p.image(truth["1"])
+        p.text(315, 338, "Fig. 1. SEM micrograph of the quenched glass showing a radial crack network.", 8)
+        p.paragraph(315, 360, 230, 20)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["1"]
+    assert box_iou(r.box, truth["1"]) > 0.95
+    assert r.caption.startswith("Fig. 1. SEM micrograph")
+    assert r.caption_position == "below"
+
+
+def test_vector_plot_with_caption_above_and_clipped_curve(tmp_path):
+    def draw(p, truth):
+        p.paragraph(60, 60, 470, 6)
+        p.text(60, 150, "Figure 2: XRD patterns of the heat-treated samples.", 9)
+        truth["2"] = (120, 175, 470, 360)
+        p.plot(truth["2"], clip=truth["2"])
+        p.paragraph(60, 400, 470, 10)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["2"]
+    # the curve runs 80 pt past both sides of the axes but is clipped: the box stays on the axes
+    assert box_iou(r.box, truth["2"]) > 0.9, r.box
+    assert r.caption_position == "above"
+
+
+def test_side_caption_beside_figure(tmp_path):
+    def draw(p, truth):
+        p.paragraph(60, 60, 470, 6)
+        truth["3"] = (60, 150, 300, 330)
+        p.image(truth["3"], seed=3)
+        for i, line in enumerate(["Fig. 3 Bubbles and pores in", "the soda-lime glass after a", "short melt at 1500 C."]):
+            p.text(320, 200 + 11 * i, line, 9)
+        p.paragraph(60, 360, 470, 10)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["3"]
+    assert box_iou(r.box, truth["3"]) > 0.95
+    assert r.caption_position == "side"
+    assert r.caption == "Fig. 3 Bubbles and pores in the soda-lime glass after a short melt at 1500 C."
+
+
+def test_multi_panel_figure_grouped_with_panel_letters(tmp_path):
+    def draw(p, truth):
+        p.paragraph(60, 60, 470, 5)
+        a, b = (80, 140, 290, 300), (305, 140, 515, 300)
+        p.image(a, seed=1)
+        p.image(b, seed=2)
+        p.c.setFillColorRGB(1, 1, 1)
+        p.text(84, 144, "(a)", 10, "Helvetica-Bold")
+        p.text(309, 144, "(b)", 10, "Helvetica-Bold")
+        p.c.setFillColorRGB(0, 0, 0)
+        truth["4"] = (80, 140, 515, 300)
+        truth["panels"] = [a, b]
+        p.text(60, 310, "FIG. 4. (a) Surface crystals after 24 h at 700 C; (b) bulk dendrites.", 9)
+        p.paragraph(60, 340, 470, 10)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["4"]
+    assert box_iou(r.box, truth["4"]) > 0.95
+    assert [p.label for p in r.panels] == ["a", "b"]
+    for panel, box in zip(r.panels, truth["panels"]):
+        assert box_iou(panel.box, box) > 0.9
+
+
+def test_two_figures_stacked_in_one_column_are_told_apart(tmp_path):
+    def draw(p, truth):
+        truth["5"] = (80, 60, 300, 200)
+        p.image(truth["5"], seed=5)
+        p.text(80, 208, "Fig. 5. Unmolten sand grains.", 9)
+        truth["6"] = (80, 240, 300, 380)
+        p.image(truth["6"], seed=6)
+        p.text(80, 388, "Fig. 6. Leached surface layer after the corrosion test.", 9)
+        p.paragraph(60, 420, 470, 10)
+
+    path, truth = _pdf(tmp_path, draw)
+    regions = _regions(path)
+    for label in ("5", "6"):
+        assert box_iou(regions[label].box, truth[label]) > 0.95
+
+
+def test_body_references_are_not_captions_and_caption_without_graphic_has_no_region(tmp_path):
+    def draw(p, truth):
+        p.text(60, 60, "Fig. 3 shows the crack network in detail and Fig. 13(a) shows pores.", 10)
+        p.paragraph(60, 80, 470, 8)
+        p.text(60, 200, "Figure 7. A caption whose figure is missing from the page.", 9)
+        p.paragraph(60, 230, 470, 8)
+
+    path, _ = _pdf(tmp_path, draw)
+    regions = _regions(path)
+    assert set(regions) == {"7"}
+    assert regions["7"].box is None and regions["7"].caption_position == "none"
+
+
+def test_page_graphics_drop_invisible_white_fills(tmp_path):
+    def draw(p, truth):
+        p.c.setFillColorRGB(1, 1, 1)
+        p.c.rect(100, 300, 200, 200, stroke=0, fill=1)
+        p.c.setFillColorRGB(0, 0, 0)
+        p.c.rect(100, 100, 50, 50, stroke=1, fill=0)
+
+    path, _ = _pdf(tmp_path, draw)
+    graphics = page_graphics(pdfium.PdfDocument(str(path))[0])
+    assert len(graphics) == 1
+
+
+def test_render_and_store_crops_by_content_hash(tmp_path):
+    def draw(p, truth):
+        p.paragraph(60, 60, 470, 5)
+        p.image((80, 140, 290, 300), seed=1)
+        p.image((305, 140, 515, 300), seed=2)
+        p.text(60, 310, "Fig. 1. (a) Pores; (b) cracks.", 9)
+
+    path, _ = _pdf(tmp_path, draw)
+    out = extract_paper_figures(path, tmp_path / "images", dpi=72)
+    assert out.n_pages == 1
+    fig = out.figures[0]
+    assert [p.label for p in fig.panels] == ["a", "b"]  # from the caption: the figure shows no letters
+    img = out.figure_images["1"]
+    assert img.path.name == f"{img.sha}.png" and img.path.exists()
+    assert abs(img.width - 435) <= 2 and abs(img.height - 160) <= 2
+    assert len(out.panel_images) == 2
+    again = extract_paper_figures(path, tmp_path / "images", dpi=72)
+    assert again.figure_images["1"].sha == img.sha  # same bytes, same name
+
+
+def test_split_raster_panels_at_white_gutters():
+    a = np.full((200, 410), 255, np.uint8)
+    a[10:190, 5:200] = 90
+    a[10:190, 215:405] = 140
+    boxes = split_raster_panels(Image.fromarray(a))
+    assert len(boxes) == 2
+    assert boxes[0][2] <= 201 and boxes[1][0] >= 214
+
+
+@pytest.mark.parametrize(
+    "caption, letters",
+    [("(a) pores, (b) cracks and (c) crystals", ["a", "b", "c"]), ("SEM image of bubbles.", []), ("a) top b) bottom", ["a", "b"])],
+)
+def test_caption_panel_letters(caption, letters):
+    assert caption_panel_letters(caption) == letters
