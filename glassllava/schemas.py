@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from glassllava.files import atomic_write_bytes
 
-BOX = pa.list_(pa.float64(), 4)
+BOX = pa.list_(pa.float64())  # [x0, top, x1, bottom]; fixed-size lists with nulls do not round-trip Parquet
 TIMESTAMP = pa.timestamp("s", tz="UTC")
 
 # ---- stage ingest -------------------------------------------------------------------

@@ -95,7 +95,7 @@ def _bar_at_bottom(grey: np.ndarray, bar_rows: np.ndarray, text: np.ndarray) -> 
     if bar_height < 3 or bar_height > 0.25 * height or start < 0.4 * height:
         return 0.0, height
     text_fraction = float(text[start : end + 1].mean())
-    if not 0.003 < text_fraction < 0.4:
+    if not 0.0015 < text_fraction < 0.4:
         return 0.0, height
     above = grey[max(0, start - 2 * bar_height) : start]
     return (1.0 if above.size else 0.0), start
@@ -109,7 +109,7 @@ def _data_bar(grey: np.ndarray) -> tuple[float, int]:
     white, so the x-axis labels under a plot do not count.
     """
     height = grey.shape[0]
-    dark_score, dark_start = _bar_at_bottom(grey, (grey < 0.22).mean(axis=1) > 0.55, grey > 0.6)
+    dark_score, dark_start = _bar_at_bottom(grey, (grey < 0.22).mean(axis=1) > 0.55, grey > 0.5)
     if dark_score > 0:
         above = grey[max(0, dark_start - (height - dark_start)) : dark_start]
         return float(np.clip((above.mean() - grey[dark_start:].mean()) / 0.25, 0, 1)), dark_start

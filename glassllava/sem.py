@@ -1,0 +1,237 @@
+"""SEM-micrograph classifier: a figure panel (PIL image) and optionally its caption in, an SEM score out.
+
+Two small logistic models, fitted by ``scripts/fit_sem.py`` and stored in ``sem_model.json``:
+
+1. image model: standardised pixel features (``glassllava.sem_features``) -> image log-odds;
+2. caption combiner: image log-odds + caption keyword flags (SEM, TEM, optical, AFM, fluorescence,
+   EDX, STM) -> final log-odds. A caption often describes several panels ("(a) TEM ... (b) SEM ..."),
+   so when it names SEM and another technique the fitted weights leave the decision to the pixels.
+
+``run_sem_benchmark`` scores a labelled manifest (the ``shared/data/micrographs`` format) and returns
+precision/recall/accuracy with a per-instrument error breakdown.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from glassllava.sem_features import FEATURE_NAMES, WORK_SIZE, image_features
+
+log = logging.getLogger(__name__)
+
+MODEL_PATH = Path(__file__).with_name("sem_model.json")
+
+# "mean ± SEM" is the standard error of the mean, not a microscope; strip it before matching.
+_STANDARD_ERROR = re.compile(
+    r"(±|\+/-|\+-|mean\W{0,4}|error\W{0,4}|standard error of the mean|s\.e\.m\.)\s*\(?S\.?E\.?M\b\.?\)?", re.I
+)
+# Acronyms match case-sensitively ("SEM" not "sem"), spelled-out names case-insensitively.
+CAPTION_TECHNIQUES: dict[str, re.Pattern[str]] = {
+    "sem": re.compile(
+        r"\b(?:FE-?|FIB-?|E|HR-?|cryo-?)?SEM\b|FESEM|(?i:scanning electron|secondary[- ]electron|back-?scatter)|\bBSED?\b"
+    ),
+    "tem": re.compile(
+        r"\b(?:HR|S|AC|cryo|Cryo|CRYO|HAADF)?-?(?:S)?TEM\b|\bHAADF\b|\bSAED\b|\bFFT\b|"
+        r"(?i:transmission electron|electron diffraction|cryo-?EM\b|lattice fringe)"
+    ),
+    "optical": re.compile(r"(?i:optical|bright[- ]field|polari[sz]|photograph|camera|stereo ?microscop)"),
+    "afm": re.compile(r"\bAFM\b|(?i:atomic force)"),
+    "fluorescence": re.compile(r"(?i:fluoresc|confocal|\bstain|\bDAPI\b|\bFITC\b)|\bCLSM\b"),
+    "edx": re.compile(r"\bEDX\b|\bEDS\b|(?i:elemental map|energy[- ]dispersive|\bmapping)"),
+    "stm": re.compile(r"\bSTM\b|(?i:scanning tunnel)"),
+}
+CAPTION_FEATURE_NAMES: tuple[str, ...] = (*CAPTION_TECHNIQUES, "sem_only", "sem_and_other")
+
+
+# An instrument data bar on a grey image is close to proof of SEM, but the weak literature labels cannot
+# teach it (only ~10% of literature crops keep the bar, and TEM crops sometimes have a similar strip), so
+# the fitted weight is small. This prior restores it; it costs ~1 point of image-only precision on the
+# shared manifest (scripts/fit_sem.py reports numbers with it applied).
+DATA_BAR_PRIOR_LOGIT = 2.5
+GREY_COLOUR_FRACTION = 0.02  # at most this fraction of coloured pixels for the data-bar prior to apply
+
+
+class SemModelError(ValueError):
+    """sem_model.json is missing, malformed, or was fitted on different feature names."""
+
+
+@dataclass(frozen=True)
+class SemVerdict:
+    """The classifier's answer for one panel: ``score`` in [0, 1], ``is_sem = score >= threshold``."""
+
+    score: float
+    is_sem: bool
+    evidence: dict[str, float] = field(default_factory=dict)
+
+
+def caption_features(caption: str) -> dict[str, float]:
+    """0/1 flags for each technique named in the caption, plus 'SEM only' and 'SEM and another'."""
+    text = _STANDARD_ERROR.sub(" ", caption or "")
+    flags = {name: float(bool(pattern.search(text))) for name, pattern in CAPTION_TECHNIQUES.items()}
+    other = max(v for k, v in flags.items() if k != "sem")
+    flags["sem_only"] = float(flags["sem"] and not other)
+    flags["sem_and_other"] = float(flags["sem"] and other)
+    return flags
+
+
+@functools.lru_cache(maxsize=4)
+def load_sem_model(path: Path = MODEL_PATH) -> dict[str, Any]:
+    """Read and check the fitted coefficients (cached)."""
+    try:
+        model = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SemModelError(f"cannot read SEM model {path}: {err}") from err
+    image_names = tuple(model.get("image_model", {}).get("features", ()))
+    if image_names != FEATURE_NAMES:
+        raise SemModelError(
+            f"{path} was fitted on features {image_names}, the code computes {FEATURE_NAMES}; rerun scripts/fit_sem.py"
+        )
+    caption_names = tuple(model.get("caption_model", {}).get("features", ()))
+    if caption_names != ("image_logit", *CAPTION_FEATURE_NAMES):
+        raise SemModelError(f"{path} caption features {caption_names} do not match the code; rerun scripts/fit_sem.py")
+    return model
+
+
+def caption_sem_evidence(caption: str, model: dict[str, Any] | None = None) -> float:
+    """Log-odds that a panel is SEM contributed by its caption alone (positive: the caption says SEM)."""
+    model = model or load_sem_model()
+    weights = model["caption_model"]["weights"]
+    flags = caption_features(caption)
+    return float(sum(weights[name] * flags[name] for name in CAPTION_FEATURE_NAMES))
+
+
+def image_sem_logit(features: dict[str, float], model: dict[str, Any] | None = None) -> float:
+    """Log-odds from pixel features alone."""
+    model = model or load_sem_model()
+    image_model = model["image_model"]
+    z = (np.array([features[n] for n in FEATURE_NAMES]) - image_model["mean"]) / np.array(image_model["scale"])
+    return float(z @ np.array(image_model["weights"]) + image_model["bias"] + data_bar_prior(features))
+
+
+def data_bar_prior(features: dict[str, float]) -> float:
+    """Extra log-odds for a grey image with an instrument data bar (see DATA_BAR_PRIOR_LOGIT)."""
+    grey = features["colour_fraction"] <= GREY_COLOUR_FRACTION
+    return DATA_BAR_PRIOR_LOGIT * features["data_bar"] if grey else 0.0
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
+
+
+def sem_score(image: Image.Image, caption: str | None = None, *, threshold: float = 0.5) -> SemVerdict:
+    """Score one figure panel as SEM (1) or not (0).
+
+    Args:
+        image: the panel crop, any PIL mode; it is downscaled internally.
+        caption: the figure caption; ``None`` or empty means pixels only.
+        threshold: ``is_sem`` is ``score >= threshold``.
+
+    Returns:
+        SemVerdict with the score, the decision and the main features as evidence.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    model = load_sem_model()
+    features = image_features(image)
+    logit = image_sem_logit(features, model)
+    evidence = {name: round(features[name], 4) for name in FEATURE_NAMES}
+    evidence["image_logit"] = round(logit, 4)
+    if caption and caption.strip():
+        combiner = model["caption_model"]
+        caption_logit = caption_sem_evidence(caption, model)
+        evidence["caption_logit"] = round(caption_logit, 4)
+        logit = combiner["weights"]["image_logit"] * logit + caption_logit + combiner["bias"]
+    score = _sigmoid(logit)
+    return SemVerdict(score=score, is_sem=score >= threshold, evidence=evidence)
+
+
+def _open_panel(path: Path) -> Image.Image:
+    image = Image.open(path)
+    if image.format == "JPEG":
+        image.draft("RGB", (WORK_SIZE, WORK_SIZE))  # decode at reduced scale: ~3x faster on large JPEGs
+    image.load()
+    return image
+
+
+def run_sem_benchmark(manifest: Path, image_only: bool = False, threshold: float = 0.5) -> dict[str, Any]:
+    """Score the classifier on a labelled manifest.
+
+    The manifest is ``{"entries": [{"file": "images/x.jpg", "label": {"is_sem": bool,
+    "figure_caption": str, "instrument": str, ...}}]}`` with files relative to the manifest's folder;
+    ``is_sem``/``figure_caption``/``instrument`` may also sit at the entry's top level (synthetic corpus).
+    Unreadable images are counted in ``n_unreadable`` and skipped.
+
+    Returns:
+        precision, recall, accuracy, f1, n, n_positive, tp/fp/fn/tn, mode, images_per_second,
+        n_unreadable, and ``errors_by_instrument`` ({instrument: {"n", "fp", "fn"}}).
+    """
+    manifest = Path(manifest)
+    entries = json.loads(manifest.read_text()).get("entries", [])
+    counts = Counter()
+    by_instrument: dict[str, Counter] = {}
+    unreadable: list[str] = []
+    started = time.perf_counter()
+    for entry in entries:
+        label = {**entry, **(entry.get("label") or {})}
+        if "is_sem" not in label:
+            raise ValueError(f"manifest entry {entry.get('file')!r} in {manifest} has no is_sem label")
+        truth = bool(label["is_sem"])
+        caption = None if image_only else (label.get("figure_caption") or label.get("caption") or "")
+        try:
+            with _open_panel(manifest.parent / entry["file"]) as image:
+                verdict = sem_score(image, caption, threshold=threshold)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on broken files
+            log.warning("skipping unreadable image %s: %s", entry.get("file"), err)
+            unreadable.append(str(entry.get("file")))
+            continue
+        outcome = {(True, True): "tp", (False, True): "fp", (True, False): "fn", (False, False): "tn"}
+        key = outcome[(truth, verdict.is_sem)]
+        counts[key] += 1
+        instrument = str(label.get("instrument") or ("SEM" if truth else "other"))
+        by_instrument.setdefault(instrument, Counter())["n"] += 1
+        by_instrument[instrument][key] += 1
+    elapsed = time.perf_counter() - started
+    return {
+        "mode": "image-only" if image_only else "caption+image",
+        "threshold": threshold,
+        **sem_metrics(counts["tp"], counts["fp"], counts["fn"], counts["tn"]),
+        "n_unreadable": len(unreadable),
+        "unreadable": unreadable,
+        "images_per_second": round((counts.total()) / elapsed, 1) if elapsed > 0 else 0.0,
+        "errors_by_instrument": {
+            name: {"n": c["n"], "fp": c["fp"], "fn": c["fn"]}
+            for name, c in sorted(by_instrument.items(), key=lambda item: -(item[1]["fp"] + item[1]["fn"]))
+        },
+    }
+
+
+def sem_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | int]:
+    """Precision, recall, accuracy, F1 from a confusion matrix (0 where undefined)."""
+    n = tp + fp + fn + tn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "n": n,
+        "n_positive": tp + fn,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "accuracy": round((tp + tn) / n, 4) if n else 0.0,
+        "f1": round(f1, 4),
+    }

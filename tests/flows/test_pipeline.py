@@ -1,0 +1,74 @@
+"""The stage flows under Prefect, and the real DVC pipeline in a temporary git repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from glassllava.params import CorpusParams, DataLayout, FiguresParams, IngestParams
+from glassllava.synth import generate_corpus
+
+from ..conftest import REPO
+
+pytestmark = pytest.mark.flow
+
+
+def test_ingest_and_figures_flows_then_incremental_rerun(prefect_api, tmp_path):
+    from flows.figures import figures_flow
+    from flows.ingest import ingest_flow
+
+    layout = DataLayout(tmp_path / "data")
+    generate_corpus(layout.corpus, papers=2, seed=7)
+    corpus = CorpusParams(sources=["generated"], inbox=str(tmp_path / "inbox"))
+    first = ingest_flow(corpus, IngestParams(), layout)
+    assert first["new"] == 2 and first["quarantined"] == 0
+    figs = figures_flow(FiguresParams(dpi=72), layout)
+    assert figs["papers_processed"] == 2 and figs["figures_with_region"] >= 4 and figs["sem_panels"] >= 1
+    table = pq.read_table(layout.figures / "figures.parquet").to_pylist()
+    assert all(f["context"] for f in table), "every generated figure is cited in the text"
+    # nothing new: no parsing, no rendering
+    assert ingest_flow(corpus, IngestParams(), layout)["parsed"] == 0
+    assert figures_flow(FiguresParams(dpi=72), layout)["papers_processed"] == 0
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_dvc_repro_runs_every_stage_then_does_nothing(prefect_api, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("glassllava", "flows", "tasks"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, repo / name)
+    shutil.copytree(REPO / "data" / "inbox", repo / "data" / "inbox")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["corpus"]["generated"]["papers"] = 2
+    params["figures"]["dpi"] = 72
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _git(repo, "init", "-q")
+    _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_API_URL": prefect_api,
+        "DVC_NO_ANALYTICS": "1",
+    }
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "-q"], cwd=repo, env=env, check=True)
+    first = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for stage in ("corpus", "ingest", "figures"):
+        assert f"Running stage '{stage}'" in first.stdout
+    assert pq.read_metadata(repo / "data" / "figures" / "figures.parquet").num_rows >= 4
+    second = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert second.returncode == 0
+    assert "Running stage" not in second.stdout
