@@ -66,3 +66,13 @@ def test_figures_stage_fails_clearly_before_ingest(tmp_path):
     result = CliRunner().invoke(app, ["figures", "--data", str(tmp_path / "data"), "--params", str(tmp_path / "none.yaml")])
     assert result.exit_code == 1
     assert "run the ingest stage first" in result.output
+
+
+def test_prefect_yaml_is_valid_and_schedules_the_nightly_flow():
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(yaml.safe_load((REPO / "prefect.yaml").read_text()))
+    nightly = next(d for d in model.deployments if d.name == "nightly")
+    assert nightly.entrypoint == "flows/nightly.py:nightly"
+    module = importlib.import_module("flows.nightly")
+    assert module.nightly.name == "nightly"

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import pyarrow.parquet as pq
 import pytest
-from pdfgen import (
+from .pdfgen import (
     LOREM,
     Caption,
     ColumnBreak,
