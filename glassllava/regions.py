@@ -290,8 +290,8 @@ def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
                 "right": box[0] - cap.bbox[2],
             }[d]
             # prefer a figure above its caption, then below, then beside; nearer is better
-            prior = {"above": 1.0, "below": 0.75, "left": 0.6, "right": 0.55}[d]
-            score = prior * (1.0 / (1.0 + max(gap, 0.0) / 30.0)) * min(1.0, box_area(box) / 5000.0) ** 0.25
+            prior = {"above": 1.0, "below": 0.5, "left": 0.45, "right": 0.4}[d]
+            score = prior * (1.0 / (1.0 + max(gap, 0.0) / 60.0)) * min(1.0, box_area(box) / 5000.0) ** 0.25
             candidates.append((score, cap, d, band, idx))
     # greedy assignment: best (caption, direction) first; a cluster belongs to one figure
     candidates.sort(key=lambda c: -c[0])
