@@ -36,6 +36,7 @@ import pypdfium2.raw as pdfium_c
 
 from glassllava.citations import paragraph_citations
 from glassllava.files import atomic_write_json, read_json, sha256_bytes, sha256_file
+from glassllava.pagegraphics import box_area, box_intersection
 from glassllava.params import CorpusParams, DataLayout, IngestParams
 from glassllava.pdflines import Block, PageText, extract_pages
 from glassllava.schemas import (
@@ -407,13 +408,9 @@ def _image_boxes(page: pdfium.PdfPage, text: PageText) -> list[tuple[float, floa
 
 
 def _inside(bbox: tuple[float, float, float, float], boxes: list[tuple[float, float, float, float]]) -> bool:
-    x0, t0, x1, b0 = bbox
-    area = max((x1 - x0) * (b0 - t0), 1e-6)
-    for X0, T0, X1, B0 in boxes:
-        w, h = min(x1, X1) - max(x0, X0), min(b0, B0) - max(t0, T0)
-        if w > 0 and h > 0 and w * h >= 0.5 * area:
-            return True
-    return False
+    """At least half of ``bbox`` lies inside one of ``boxes``."""
+    area = max(box_area(bbox), 1e-6)
+    return any((inter := box_intersection(bbox, b)) is not None and box_area(inter) >= 0.5 * area for b in boxes)
 
 
 def _body_blocks(page: PageText, images: list[tuple[float, float, float, float]]) -> list[Block]:
