@@ -27,6 +27,8 @@ bench: $(VENV)/.installed
 	glassllava bench figures --manifest ../shared/bench/figures/manifest.json --out bench-results/figures.json
 	glassllava bench sem --manifest ../shared/data/micrographs/manifest.json --out bench-results/sem.json
 	glassllava bench sem --manifest ../shared/data/micrographs/manifest.json --image-only --out bench-results/sem-image-only.json
+	glassllava bench figures --manifest data/corpus/manifest.json --out bench-results/figures-generated.json
+	glassllava bench qa --manifest data/corpus/manifest.json --out bench-results/qa.json
 
 clean-venv:
 	rm -rf $(VENV)

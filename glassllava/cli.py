@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 
 app = typer.Typer(
     help="GlassLLaVA: turn glass-materials papers into a model that reads SEM micrographs.\n\n"
-    "Stages run in order: corpus -> ingest -> figures. `dvc repro` runs them all.",
+    "Stages run in order: corpus -> ingest -> figures -> qa. `dvc repro` runs them all.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -163,6 +163,35 @@ def figures(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data"
 
 
 @app.command()
+def qa(
+    params: ParamsOpt = Path("params.yaml"),
+    data: DataOpt = Path("data"),
+    generator: Annotated[
+        Optional[str], typer.Option("--generator", help="offline | llm (default: params qa.generator; auto = llm when a key or base URL is set).")
+    ] = None,
+) -> None:
+    """Stage qa: question-answer records for every SEM panel (description, features, defects,
+    reasoning at four context levels), split train/eval by paper. With OPENAI_API_KEY (or a base
+    URL) set it asks the LLM, every reply cached; otherwise the offline rule-based generator.
+
+    Example: OPENAI_API_KEY=... glassllava qa --params params.yaml
+    """
+    from glassllava.llm import LLMError
+    from glassllava.params import DataLayout
+    from glassllava.qa import run_qa
+
+    p = _load(params)
+    if generator not in (None, "offline", "llm"):
+        _fail(f"--generator must be offline or llm, not {generator!r}")
+    try:
+        with _Progress() as progress:
+            report = run_qa(p.qa, DataLayout(data), generator=generator, progress=progress)
+    except (FileNotFoundError, LLMError) as e:
+        _fail(str(e))
+    console.print(report.summary())
+
+
+@app.command()
 def status(data: DataOpt = Path("data")) -> None:
     """Where the results are: each stage's tables with their row counts, and the figure gallery.
 
@@ -213,6 +242,32 @@ def bench_sem(
     from glassllava.sem import run_sem_benchmark
 
     _write_result(run_sem_benchmark(manifest, image_only=image_only), out)
+
+
+@bench_app.command("qa")
+def bench_qa(
+    manifest: Annotated[Path, typer.Option("--manifest", exists=True, dir_okay=False, help="generated corpus manifest.json (micrograph truth)")] = Path(
+        "data/corpus/manifest.json"
+    ),
+    data: DataOpt = Path("data"),
+    params: ParamsOpt = Path("params.yaml"),
+    generator: Annotated[Optional[str], typer.Option("--generator", help="offline | llm (default: from params).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
+) -> None:
+    """Run the qa stage cold and again into a scratch folder, and score it against the generated
+    corpus's truth: records per SEM panel, valid-record rate, defect-label and feature agreement,
+    requests and tokens, and the no-change re-run's requests (must be 0).
+
+    Example: glassllava bench qa --manifest data/corpus/manifest.json --out bench-results/qa.json
+    """
+    from glassllava.llm import LLMError
+    from glassllava.qa_bench import run_qa_benchmark
+
+    p = _load(params)
+    try:
+        _write_result(run_qa_benchmark(data, manifest, p.qa, generator=generator), out)
+    except (FileNotFoundError, LLMError) as e:
+        _fail(str(e))
 
 
 if __name__ == "__main__":  # pragma: no cover

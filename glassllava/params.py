@@ -63,8 +63,69 @@ class FiguresParams(_Section):
     workers: int = Field(1, ge=1, le=64)
 
 
+# Question slots asked for each SEM panel: "<question type>@<context level>".
+QUESTION_TYPES = ("description", "feature_identification", "defect_detection", "complex_reasoning")
+CONTEXT_LEVELS = ("none", "low", "moderate", "high")
+DEFAULT_SLOTS = [
+    "description@none",
+    "defect_detection@none",
+    "feature_identification@low",
+    "defect_detection@low",
+    "feature_identification@moderate",
+    "defect_detection@moderate",
+    "complex_reasoning@high",
+    "defect_detection@high",
+]
+
+
+class LLMParams(_Section):
+    """An OpenAI-compatible endpoint: OpenAI itself, Azure's v1 API, vLLM, llama.cpp, Ollama ..."""
+
+    base_url: str | None = None  # None: $OPENAI_BASE_URL, else https://api.openai.com/v1
+    model: str = "gpt-4o"
+    api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable holding the key; the key never goes in a file
+    temperature: float = Field(0.2, ge=0, le=2)
+    max_tokens: int = Field(4000, ge=16)
+    seed: int | None = 0
+    response_format: Literal["json_schema", "json_object", "text"] = "json_schema"
+    attach_image: bool = False  # send the panel PNG with the text (vision models only)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)  # on 429, 5xx, timeouts and connection errors
+    backoff_s: float = Field(1.0, ge=0)  # first wait; doubles each retry, with jitter, capped
+    max_backoff_s: float = Field(60.0, ge=0)
+    concurrency: int = Field(4, ge=1, le=256)  # requests in flight at once
+    max_invalid_retries: int = Field(2, ge=0)  # re-ask when a reply is truncated or not valid JSON
+    batch: bool = False  # Batch API: half price, answers within 24 h; resumable by batch id
+    batch_wait_s: float = Field(0.0, ge=0)  # how long one run waits for its batch (0: submit and finish later)
+    batch_poll_s: float = Field(30.0, gt=0)
+    price_input_per_mtok: float = Field(2.50, ge=0)  # USD per million prompt tokens
+    price_output_per_mtok: float = Field(10.00, ge=0)  # USD per million completion tokens
+    batch_discount: float = Field(0.5, ge=0, le=1)  # Batch API price factor
+
+
 class QAParams(_Section):
     sem_panels_only: bool = True  # feed only SEM panels to question generation
+    # auto: the LLM when an API key or base URL is set, else the offline rule-based generator
+    generator: Literal["auto", "offline", "llm"] = "auto"
+    prompt: str = "qa_v1"  # glassllava/prompts/<prompt>.md; its content hash is part of every cache key
+    slots: list[str] = Field(default_factory=lambda: list(DEFAULT_SLOTS))
+    max_context_chars: int = Field(6000, ge=200)  # paper text sent per panel
+    eval_fraction: float = Field(0.14, ge=0, le=1)  # share of PAPERS held out (about 10 of 72, as in the paper)
+    split_salt: str = "glassllava-split-v1"  # change it and every paper is re-drawn
+    llm: LLMParams = LLMParams()
+
+    @field_validator("slots")
+    @classmethod
+    def _known_slots(cls, v: list[str]) -> list[str]:
+        for slot in v:
+            qtype, _, level = slot.partition("@")
+            if qtype not in QUESTION_TYPES or level not in CONTEXT_LEVELS:
+                raise ValueError(
+                    f"slot {slot!r}: expected <type>@<level> with type in {QUESTION_TYPES} and level in {CONTEXT_LEVELS}"
+                )
+        if not v:
+            raise ValueError("qa.slots must name at least one question slot")
+        return v
 
 
 class Params(_Section):
@@ -115,3 +176,7 @@ class DataLayout:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+    @property
+    def qa(self) -> Path:  # question-answer records, the LLM request cache, batches
+        return self.root / "qa"

@@ -6,6 +6,7 @@ Text from papers is untrusted: every caption and paragraph is HTML-escaped.
 from __future__ import annotations
 
 import html
+import json
 import os
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def pipeline_status(layout: DataLayout) -> list[tuple[str, str, str]]:
         ("ingest", "quarantined inputs", layout.ingest / "quarantine.parquet"),
         ("figures", "figures", layout.figures / "figures.parquet"),
         ("figures", "panels", layout.figures / "panels.parquet"),
+        ("qa", "train QA records", layout.qa / "train.parquet"),
+        ("qa", "eval QA records", layout.qa / "eval.parquet"),
+        ("qa", "rejected QA records", layout.qa / "rejected.parquet"),
     ]
     for stage, what, path in tables:
         if path.exists():
@@ -37,6 +41,11 @@ def pipeline_status(layout: DataLayout) -> list[tuple[str, str, str]]:
     page = layout.figures / "index.html"
     if page.exists():
         rows.append(("figures", "gallery of figures and panels", str(page)))
+    report = layout.qa / "report.json"
+    if report.exists():
+        generator = json.loads(report.read_text())["generator"]
+        note = " (offline rule-based generator, no LLM)" if generator.startswith("offline") else f" ({generator})"
+        rows.append(("qa", "QA examples beside their panels" + note, str(layout.qa / "index.html")))
     return rows
 
 

@@ -117,6 +117,47 @@ PANELS_SCHEMA = pa.schema(
 )
 
 
+# ---- stage qa -----------------------------------------------------------------------
+EVIDENCE = pa.struct([pa.field("source", pa.string()), pa.field("text", pa.string())])  # source: caption | paragraph:<i>
+
+QA_SCHEMA = pa.schema(
+    [
+        pa.field("qa_id", pa.string(), nullable=False),  # sha256 of panel, generator and question, first 20 hex
+        pa.field("split", pa.string(), nullable=False),  # train | eval (by paper, never by image)
+        pa.field("paper_sha", pa.string(), nullable=False),
+        pa.field("figure_id", pa.string(), nullable=False),
+        pa.field("panel_id", pa.string(), nullable=False),
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("image_sha", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("question_type", pa.string(), nullable=False),  # description | feature_identification | defect_detection | complex_reasoning
+        pa.field("complexity", pa.string(), nullable=False),  # simple | complex
+        pa.field("context_level", pa.string(), nullable=False),  # none | low | moderate | high
+        pa.field("context_types", pa.list_(pa.string()), nullable=False),  # material, composition, processing, imaging, aim
+        pa.field("features", pa.list_(pa.string()), nullable=False),  # reference features (glassllava.qa_rules.FEATURES)
+        pa.field("defect_present", pa.bool_(), nullable=False),
+        pa.field("defect_types", pa.list_(pa.string()), nullable=False),
+        pa.field("evidence", pa.list_(EVIDENCE), nullable=False),  # the caption / paragraph sentences behind the answer
+        pa.field("generator", pa.string(), nullable=False),  # "offline-rules/1" or "llm:<model>"
+        pa.field("prompt_version", pa.string(), nullable=False),  # "qa_v1@<sha12>" ("" for offline)
+        pa.field("request_key", pa.string(), nullable=False),  # the cache file the record came from ("" offline)
+    ]
+)
+
+QA_REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("paper_sha", pa.string(), nullable=False),
+        pa.field("panel_id", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # one of qa.REJECT_REASONS
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("request_key", pa.string(), nullable=False),
+        pa.field("raw", pa.string(), nullable=False),  # the offending record or reply, truncated
+    ]
+)
+
+
 class SchemaMismatch(ValueError):
     """A table does not match the schema its stage promises."""
 
