@@ -471,3 +471,15 @@ def test_a_killed_run_resumes_without_paying_twice(server, tmp_path, monkeypatch
     report = qa.run_qa(load_params(params_file).qa, layout)
     assert report.panels_from_cache == 1 and report.requests == 2 and report.records == 6
     assert len(server.chat_requests()) == 4
+
+
+def test_the_panel_image_can_go_with_the_question(server, tmp_path, api_key):
+    layout = make_data(tmp_path / "data")
+    report = qa.run_qa(llm_params(server, attach_image=True), layout)
+    assert report.records == 9
+    content = server.chat_requests()[0]["body"]["messages"][1]["content"]
+    assert [part["type"] for part in content] == ["text", "image_url"]
+    assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    cached = [json.loads(p.read_text()) for p in (layout.qa / "cache").rglob("*.json")]
+    # the cache keeps the image's hash, not a second copy of its bytes
+    assert all(c["request"]["messages"][1]["content"][1]["image_url"]["url"].startswith("sha256:") for c in cached)
