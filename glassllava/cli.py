@@ -36,6 +36,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
     )
+    if not verbose:  # one line per HTTP request drowns the progress bar
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _fail(message: str) -> None:
