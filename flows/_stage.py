@@ -23,6 +23,7 @@ def stage_args(description: str) -> tuple[Params, DataLayout]:
     parser.add_argument("--data", type=Path, default=Path("data"), help="data root")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per LLM or Prefect API request
     return load_params(args.params), DataLayout(args.data)
 
 
