@@ -102,7 +102,12 @@ _AIM = re.compile(r"\b(?:in this (?:work|study|paper)|we (?:report|study|investi
 _METHODS_SECTION = re.compile(r"experiment|method|material|preparation|characteri|procedure", re.I)
 _IMAGING = re.compile(r"\b(?:SEM|scanning electron|secondary electron|back-?scatter|kV|working distance|magnification)", re.I)
 _COMPOSITION = re.compile(r"mol\s?%|wt\s?%|composition", re.I)
-_CAUSAL = re.compile(r"\b(?:because|attributed|due to|result of|caused|owing to|so that|allows|forms by|remain from|survive)\b", re.I)
+_MEASUREMENT = re.compile(r"\d\s*(?:µm|um|nm|mm|%|vol|wt)|\b(?:visible|seen|observed|measured|diameters?|thick|size)\b", re.I)
+_CAUSAL = re.compile(
+    r"\b(?:because|attributed|due to|result of|caused|owing to|so that|, so\b|therefore|thus|leads? to|results? in|"
+    r"allows|forms? by|remain from|survive|relates? to|lies (?:inside|within|below|above))\b",
+    re.I,
+)
 
 
 def sentences(text: str) -> list[str]:
@@ -187,6 +192,7 @@ class PanelText:
 class Facts:
     material: str | None
     processing: str | None
+    processing_adjective: bool  # "roller quenched" (goes before "glass") vs "melted at ..." (after)
     composition: tuple[str, str] | None  # (source, sentence)
     imaging: str | None
     imaging_source: tuple[str, str] | None
@@ -224,8 +230,10 @@ def extract_facts(panel: PanelText) -> Facts:
                 if cited:
                     describing.append((src, s))
                 continue
-            if in_run and len(describing) < 6:
-                (causes if _CAUSAL.search(s) else describing).append((src, s))
+            if in_run and len(describing) + len(causes) < 8:
+                # after the citing sentence: measurements describe; other sentences explain
+                explains = _CAUSAL.search(s) or not _MEASUREMENT.search(s)
+                (causes if explains else describing).append((src, s))
             if composition is None and _COMPOSITION.search(s) and re.search(r"\d", s):
                 composition = (src, s)
             if imaging_source is None and _IMAGING.search(s) and _KV.search(s):
@@ -235,8 +243,15 @@ def extract_facts(panel: PanelText) -> Facts:
     if not features:  # a caption that names no feature: fall back to the sentences about this panel
         for _, s in describing[1:]:
             features += [f for f in find_features(s) if f not in features]
+    if not causes and features:  # the paper may explain a feature once, next to another figure
+        causes = [
+            (f"paragraph:{idx}", s)
+            for idx, text in panel.paragraphs.items()
+            for s in sentences(text)
+            if _CAUSAL.search(s) and not find_figure_mentions(s) and set(find_features(s)) & set(features)
+        ][:2]
     material_m = _FAMILY.search(clause) or _FAMILY.search(panel.caption) or _FAMILY.search(panel.title)
-    processing_m = _PROCESSING.search(clause)
+    processing, processing_adjective = _processing(clause)
     kv, mag = _KV.search(clause), _MAG.search(clause)
     imaging = None
     if kv or mag:
@@ -247,10 +262,11 @@ def extract_facts(panel: PanelText) -> Facts:
             parts.append(f"{(mag.group(1) or mag.group(2)).replace(',', '')}x magnification")
         imaging = ", ".join(parts)
     elif imaging_source:
-        imaging = _shorten(imaging_source[1], 160)
+        imaging = _imaging_from_methods(imaging_source[1])
     return Facts(
         material=material_m.group(0).lower() if material_m else None,
-        processing=processing_m.group(0).strip(" ,)") if processing_m else None,
+        processing=processing,
+        processing_adjective=processing_adjective,
         composition=composition,
         imaging=imaging,
         imaging_source=imaging_source,
@@ -259,6 +275,44 @@ def extract_facts(panel: PanelText) -> Facts:
         describing=describing,
         causes=causes,
     )
+
+
+# "the roller quenched glass (aluminosilicate)", "the as annealed glass": the history is an adjective
+_NAMED_SAMPLE = re.compile(r"\bthe ((?:[\w-]+ ){0,4}?(?:quenched|annealed|cast|polished|etched|corroded|treated|tempered)(?: [\w-]+){0,2}?) glass\b", re.I)
+
+
+def _processing(clause: str) -> tuple[str | None, bool]:
+    """The sample's processing history as the caption states it, and whether it is an adjective:
+    ("melted at 1480 °C for 0.5 h", False), ("roller quenched", True)."""
+    m = _PROCESSING.search(clause)
+    named = _NAMED_SAMPLE.search(clause)
+    if named and (not m or named.start() <= m.start()):
+        return named.group(1).strip(), True
+    return (m.group(0).strip(" ,)"), False) if m else (None, False)
+
+
+_MODE = re.compile(r"secondary[- ]electron|back-?scatter(?:ed)?[- ]electron|\bBSE\b|\bSE\b|in-?lens", re.I)
+_KV_RANGE = re.compile(r"(\d+(?:\.\d+)?)(?:\s*(?:and|to|-|–)\s*(\d+(?:\.\d+)?))?\s*kV\b")
+
+
+def _imaging_from_methods(sentence: str) -> str | None:
+    """"... in secondary electron mode at accelerating voltages between 2 and 20 kV" -> "secondary electron mode, 2-20 kV"."""
+    mode, kv = _MODE.search(sentence), _KV_RANGE.search(sentence)
+    parts = []
+    if mode:
+        parts.append(mode.group(0).lower().replace("-", " ") + " mode")
+    if kv:
+        parts.append(f"{kv.group(1)}-{kv.group(2)} kV" if kv.group(2) else f"{kv.group(1)} kV")
+    return ", ".join(parts) or None
+
+
+_FIGURE_REF = re.compile(r"\s*\((?:see )?(?:Figs?\.|Figures?)\s*[^)]*\)|^(?:Figs?\.|Figures?)\s*\S+\s+(?=shows?\b)", re.I)
+
+
+def _without_figure_refs(sentence: str) -> str:
+    """A paper's sentence as an answer: "(Fig. 3a)" dropped, "Fig. 3b shows" -> "The image shows"."""
+    out = _FIGURE_REF.sub(lambda m: "" if m.group(0).lstrip().startswith("(") else "The image ", sentence)
+    return re.sub(r"\s+([.,;])", r"\1", out).strip()
 
 
 def _shorten(text: str, n: int) -> str:
@@ -285,7 +339,10 @@ def _context(level: str, facts: Facts) -> tuple[str, list[str], list[tuple[str, 
     article = "" if material.startswith("a ") else "an " if material[0] in "aeiou" else "a "
     types, parts, evidence = ["material"], [f"This SEM image shows {article}{material}"], []
     if level in ("moderate", "high") and facts.processing:
-        parts[0] += f" {facts.processing}"
+        if not facts.processing_adjective:  # "melted at 1480 °C for 0.5 h"
+            parts[0] += f" {facts.processing}"
+        else:  # "roller quenched", "as annealed": an adjective
+            parts[0] = f"This SEM image shows {'an' if facts.processing[0] in 'aeiou' else 'a'} {facts.processing} {material.removeprefix('a ')}"
         types.append("processing")
     if level == "high":
         if facts.composition:
@@ -326,7 +383,7 @@ def generate(panel: PanelText, slots: list[str]) -> list[dict]:
     facts = extract_facts(panel)
     defects = defect_types(facts.features)
     feature_text = _feature_phrase(facts.features)
-    detail = [s for src, s in facts.describing[1:3]]
+    detail = [_without_figure_refs(s) for src, s in facts.describing[1:3]]
     records = []
     for slot in slots:
         qtype, _, level = slot.partition("@")
@@ -353,9 +410,9 @@ def generate(panel: PanelText, slots: list[str]) -> list[dict]:
         else:  # complex_reasoning
             answer = f"The micrograph shows {feature_text}."
             if facts.processing:
-                answer += f" The glass was {facts.processing}."
+                answer += f" The sample is the {facts.processing} glass." if facts.processing_adjective else f" The glass was {facts.processing}."
             if facts.causes:
-                answer += " " + " ".join(s for _, s in facts.causes[:2])
+                answer += " " + " ".join(_without_figure_refs(s) for _, s in facts.causes[:2])
                 evidence += facts.causes[:2]
             else:
                 answer += " The paper gives no explicit cause for these features."
