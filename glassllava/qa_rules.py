@@ -224,6 +224,8 @@ def extract_facts(panel: PanelText) -> Facts:
         src = f"paragraph:{idx}"
         in_run = False
         for s in sentences(text):
+            if len(s.split()) < 4:  # a fragment where a paragraph breaks across columns or pages
+                continue
             cited = _cites_panel(s, panel.figure_label, panel.panel_label)
             if cited is not None:
                 in_run = cited  # a run of sentences about this panel ends at the next citation
