@@ -23,7 +23,7 @@ from .pdfgen import (
     truncated,
 )
 
-from glassllava import ingest
+from glassllava import download, ingest
 from glassllava.ingest import PaperRecord, Quarantined, ingest_pdf, run_ingest
 from glassllava.params import CorpusParams, DataLayout, IngestParams
 
@@ -249,7 +249,7 @@ def http_base():
 
 
 def test_url_sources_download_retry_quarantine_and_remember(tmp_path, http_base, monkeypatch):
-    monkeypatch.setattr(ingest, "DOWNLOAD_BACKOFF_S", 0.01)
+    monkeypatch.setattr(download, "DOWNLOAD_BACKOFF_S", 0.01)
     corpus, layout, inbox = _inbox(tmp_path)
     corpus = corpus.model_copy(update={"sources": ["urls"]})
     (inbox / "urls.txt").write_text(
