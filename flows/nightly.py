@@ -8,6 +8,7 @@ as those stages land. Deployed by ``prefect.yaml`` (``prefect deploy --all``).
 from __future__ import annotations
 
 import flows._stage  # noqa: F401, I001 - first: sets Prefect's environment defaults
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,18 @@ def nightly(repo: str = ".", targets: list[str] | None = None) -> list[tuple[str
     logger.info("dvc repro: %s", "; ".join(ran) or "nothing changed")
     status = pipeline_status(DataLayout(Path(repo) / "data"))
     rows = "\n".join(f"| {s} | {w} | `{p}` |" for s, w, p in status)
+    qa_report = Path(repo) / "data" / "qa" / "report.json"
+    qa_line = ""
+    if qa_report.exists():
+        qa = json.loads(qa_report.read_text())
+        spent = qa["spent"]
+        qa_line = (
+            f"\n\nQA: {qa['records']} records by {qa['generator']} ({qa['panels_pending']} panels waiting), "
+            f"{spent['prompt_tokens'] + spent['completion_tokens']} tokens, ${spent['cost_usd_at_list_price']:.2f} at list price in all"
+        )
     create_markdown_artifact(
         key="nightly-report",
-        markdown=f"## Nightly run\n\nStages run: {len(ran)}\n\n| stage | what | where |\n|---|---|---|\n{rows}\n",
+        markdown=f"## Nightly run\n\nStages run: {len(ran)}{qa_line}\n\n| stage | what | where |\n|---|---|---|\n{rows}\n",
         description="What the nightly run reproduced",
     )
     return status
