@@ -13,6 +13,7 @@ Used by ``ingest`` (paragraphs, headings, in-text figure context) and ``figures`
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import re
 import statistics
@@ -121,6 +122,7 @@ class PageText:
     gutter: tuple[float, float] | None  # x-range of the column gutter, None on one-column pages
     lines: list[Line]
     blocks: list[Block]
+    rotated: list[Line] = field(default_factory=list)  # rotated words (axis titles): figure text only
 
 
 # ---- lines --------------------------------------------------------------------------
@@ -297,6 +299,11 @@ def page_lines(page, page_number: int) -> tuple[list[Line], tuple[float, float] 
     words = [w for w in page_words(page) if w["upright"]]
     rows = _rows(words)
     gutter = find_gutter(rows, float(page.get_width()))
+    return _split_rows(rows, gutter, page_number), gutter
+
+
+def _split_rows(rows: list[list[dict]], gutter: tuple[float, float] | None, page_number: int) -> list[Line]:
+    """Lines from visual rows: a row splits where it crosses the gutter or at a very wide gap."""
     lines: list[Line] = []
     for row in rows:
         cur = [row[0]]
@@ -321,7 +328,38 @@ def page_lines(page, page_number: int) -> tuple[list[Line], tuple[float, float] 
         else:
             ln.column = 0
     lines.sort(key=lambda ln: (ln.top, ln.x0))
-    return lines, gutter
+    return lines
+
+
+def _document_gutter(gutters: list[tuple[float, float] | None]) -> tuple[float, float] | None:
+    """The gutter most two-column pages of a paper agree on (None when they do not)."""
+    found = [g for g in gutters if g is not None]
+    if len(found) < 2 or len(found) < 0.5 * len(gutters):
+        return None
+    mid = statistics.median((g[0] + g[1]) / 2 for g in found)
+    agree = [g for g in found if abs((g[0] + g[1]) / 2 - mid) <= 6.0]
+    if len(agree) < 0.75 * len(found):
+        return None
+    return (statistics.median(g[0] for g in agree), statistics.median(g[1] for g in agree))
+
+
+def _gutter_fits(rows: list[list[dict]], gutter: tuple[float, float]) -> bool:
+    """Whether a page whose own gutter was not found (a page of figures with few text rows) can
+    take the paper's gutter: few of its rows run across it."""
+    a, b = gutter
+    mid = (a + b) / 2
+    crossing = 0
+    for row in rows:
+        if any(w["x0"] < mid < w["x1"] for w in row) or any(
+            prev["x1"] < a and w["x0"] > b and w["x0"] - prev["x1"] <= 0.9 * max(prev.get("size", 10.0), 4.0)
+            for prev, w in itertools.pairwise(row)
+        ):
+            crossing += 1
+    return crossing <= len(rows) / 3
+
+
+def _rotated_lines(words: list[dict], page_number: int) -> list[Line]:
+    return [_make_line(page_number, [w]) for w in words if not w["upright"] and w["text"].strip()]
 
 
 # ---- blocks -------------------------------------------------------------------------
@@ -395,7 +433,37 @@ def _group_blocks(lines: list[Line], body_size: float) -> list[Block]:
             )
             blocks.append(block)
             open_blocks.append(block)
-    return blocks
+    return _join_caption_tails(blocks)
+
+
+def _join_caption_tails(blocks: list[Block]) -> list[Block]:
+    """A full-width caption whose last line is short enough to sit inside one column (so it was
+    grouped with that column) gets that line back."""
+    out = list(blocks)
+    for cap in blocks:
+        if cap.kind not in ("caption", "table_caption") or cap.column != 0:
+            continue
+        tail = next(
+            (
+                b
+                for b in out
+                if b.column != 0
+                and b.kind == "paragraph"
+                and b.lines[0].top > cap.lines[-1].top
+                and abs(b.lines[0].x0 - cap.lines[-1].x0) <= 2.0
+                and _continues(cap, b.lines[0])
+            ),
+            None,
+        )
+        if tail is None:
+            continue
+        # only the last line of a full-width caption can be short: one line at most
+        cap.lines.append(tail.lines[0])
+        if len(tail.lines) > 1:
+            tail.lines = tail.lines[1:]
+        else:
+            out.remove(tail)
+    return out
 
 
 def reading_order(blocks: list[Block]) -> list[Block]:
@@ -444,18 +512,30 @@ def _furniture(pages: list[list[Line]], heights: list[float]) -> set[int]:
 
 
 def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
-    """Lines and blocks of the pages of an open ``pypdfium2.PdfDocument``, blocks in reading order."""
+    """Lines and blocks of the pages of an open ``pypdfium2.PdfDocument``, blocks in reading order.
+
+    A page where no gutter shows (a page of figures and captions) takes the gutter the
+    paper's other pages agree on, unless its own rows run across it.
+    """
     numbers = pages or list(range(1, len(pdf) + 1))
-    raw = []
+    pre = []
     for n in numbers:
         page = pdf[n - 1]
-        lines, gutter = page_lines(page, n)
-        raw.append((page.get_width(), page.get_height(), lines, gutter))
+        words = page_words(page)
+        rows = _rows([w for w in words if w["upright"]])
+        width = float(page.get_width())
+        pre.append((page.get_width(), page.get_height(), rows, find_gutter(rows, width), _rotated_lines(words, n)))
+    doc_gutter = _document_gutter([p[3] for p in pre])
+    raw = []
+    for (width, height, rows, gutter, rotated), n in zip(pre, numbers):
+        if gutter is None and doc_gutter is not None and rows and _gutter_fits(rows, doc_gutter):
+            gutter = doc_gutter
+        raw.append((width, height, _split_rows(rows, gutter, n), gutter, rotated))
     drop = _furniture([r[2] for r in raw], [float(r[1]) for r in raw])
     all_lines = [ln for r in raw for ln in r[2] if id(ln) not in drop]
     body = body_font_size(all_lines)
     out = []
-    for (width, height, lines, gutter), n in zip(raw, numbers):
+    for (width, height, lines, gutter, rotated), n in zip(raw, numbers):
         kept = [ln for ln in lines if id(ln) not in drop]
         out.append(
             PageText(
@@ -465,6 +545,7 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
                 gutter=gutter,
                 lines=kept,
                 blocks=reading_order(_group_blocks(kept, body)),
+                rotated=rotated,
             )
         )
     return out

@@ -126,7 +126,7 @@ def _page_context(page: PageText, graphics: list[Graphic], body_size: float, min
             body_blocks.append(b)
     body = [b.bbox for b in body_blocks]
     body_line_ids = {id(ln) for b in body_blocks for ln in b.lines}
-    figure_text = [ln for ln in page.lines if id(ln) not in body_line_ids]
+    figure_text = [ln for ln in page.lines if id(ln) not in body_line_ids] + list(page.rotated)
     # graphics that sit inside a running-text block are inline symbols, not figures
     clusters = [c for c in clusters if not any(_inside(c, bb, 0.8) for bb in body)]
     return _PageContext(page, graphics, clusters, body, figure_text, captions, min_size)
@@ -185,25 +185,53 @@ def _free_band(ctx: _PageContext, cap: Block, direction: str, span: tuple[float,
     raise ValueError(direction)
 
 
-def _claim(ctx: _PageContext, band: Box, taken: set[int]) -> list[int]:
-    """Indices of clusters that lie mostly inside ``band``."""
+def _closing_blockers(ctx: _PageContext, cap: Block, band: Box, direction: str) -> list[Box]:
+    """Text boxes that close ``band`` on its far side(s): a cluster level with one of them and
+    reaching past the band's edge sits beside that text, so it is not this caption's figure."""
+    blockers = [b for b in ctx.body if b != cap.bbox] + [c.bbox for c in ctx.captions if c is not cap]
+    above = direction in ("above", "left", "right")
+    below = direction in ("below", "left", "right")
+    return [b for b in blockers if (above and abs(b[3] - band[1]) < 0.5) or (below and abs(b[1] - band[3]) < 0.5)]
+
+
+def _claim(ctx: _PageContext, band: Box, cap: Block | None = None, direction: str | None = None) -> list[int]:
+    """Indices of clusters that lie mostly inside ``band`` (and, given the caption and the
+    direction, on the far side of the caption and not beside the text that closes the band)."""
+    closing = _closing_blockers(ctx, cap, band, direction) if cap is not None else []
+    cb = cap.bbox if cap is not None else None
     out = []
     for i, c in enumerate(ctx.clusters):
-        if i in taken:
-            continue
         inter = box_intersection(c, band)
         if inter is None:
             continue
-        if box_area(inter) >= 0.5 * box_area(c) or (
-            # a wide figure under a one-column caption: the cluster reaches out of the band
-            inter[3] - inter[1] >= 0.8 * (c[3] - c[1]) and inter[2] - inter[0] >= 0.3 * (c[2] - c[0])
+        if not (
+            box_area(inter) >= 0.5 * box_area(c)
+            or (
+                # a wide figure under a one-column caption: the cluster reaches out of the band
+                inter[3] - inter[1] >= 0.8 * (c[3] - c[1]) and inter[2] - inter[0] >= 0.3 * (c[2] - c[0])
+            )
         ):
-            out.append(i)
+            continue
+        if cb is not None:
+            beyond = {
+                "above": c[3] <= cb[3] + 2,
+                "below": c[1] >= cb[1] - 2,
+                "left": c[2] <= cb[2] + 2,
+                "right": c[0] >= cb[0] - 2,
+            }[direction]
+            if not beyond:
+                continue
+            crosses = (c[1] < band[1] - 6 or c[3] > band[3] + 6) and any(
+                min(c[3], b[3]) - max(c[1], b[1]) > 2 for b in closing
+            )
+            if crosses:
+                continue
+        out.append(i)
     return out
 
 
 def _nearest_run(ctx: _PageContext, idx: list[int], cap: Block, direction: str) -> list[int]:
-    """Keep the clusters that form one contiguous figure next to the caption.
+    """The clusters that form one contiguous figure next to the caption, nearest first.
 
     Walks away from the caption and stops at a whitespace gap much larger than the gaps
     inside the figure (two figures stacked in one free band are then told apart).
@@ -211,17 +239,26 @@ def _nearest_run(ctx: _PageContext, idx: list[int], cap: Block, direction: str) 
     if not idx:
         return []
     cb = cap.bbox
+    cx = (cb[0] + cb[2]) / 2
+    cy = (cb[1] + cb[3]) / 2
+
+    def across(i: int) -> float:  # distance across the walking direction, to break ties
+        c = ctx.clusters[i]
+        if direction in ("above", "below"):
+            return max(c[0] - cx, cx - c[2], 0.0)
+        return max(c[1] - cy, cy - c[3], 0.0)
+
     if direction == "above":
-        order = sorted(idx, key=lambda i: -ctx.clusters[i][3])
+        order = sorted(idx, key=lambda i: (-ctx.clusters[i][3], across(i)))
         dist = lambda b: cb[1] - b[3]  # noqa: E731
     elif direction == "below":
-        order = sorted(idx, key=lambda i: ctx.clusters[i][1])
+        order = sorted(idx, key=lambda i: (ctx.clusters[i][1], across(i)))
         dist = lambda b: b[1] - cb[3]  # noqa: E731
     elif direction == "left":
-        order = sorted(idx, key=lambda i: -ctx.clusters[i][2])
+        order = sorted(idx, key=lambda i: (-ctx.clusters[i][2], across(i)))
         dist = lambda b: cb[0] - b[2]  # noqa: E731
     else:
-        order = sorted(idx, key=lambda i: ctx.clusters[i][0])
+        order = sorted(idx, key=lambda i: (ctx.clusters[i][0], across(i)))
         dist = lambda b: b[0] - cb[2]  # noqa: E731
     first = ctx.clusters[order[0]]
     if dist(first) > 0.45 * ctx.page.height:
@@ -244,7 +281,7 @@ def _overlap_1d(a: Box, b: Box, direction: str) -> bool:
 
 
 def _attach_text(ctx: _PageContext, box: Box, band: Box, cap: Block) -> Box:
-    """Grow a figure box by its own text (axis labels, legends, panel letters)."""
+    """Grow a figure box by its own text (axis labels and titles, legends, panel letters)."""
     changed = True
     while changed:
         changed = False
@@ -260,69 +297,111 @@ def _attach_text(ctx: _PageContext, box: Box, band: Box, cap: Block) -> Box:
     return box
 
 
-def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
-    """Pair every caption on the page with the graphics it describes."""
-    candidates = []
+@dataclass
+class _Candidate:
+    cap: Block
+    direction: str
+    band: Box
+    idx: list[int]  # clusters, nearest first
+    score: float
+
+
+def _score(ctx: _PageContext, cap: Block, direction: str, box: Box) -> float:
+    cb = cap.bbox
+    gap = {"above": cb[1] - box[3], "below": box[1] - cb[3], "left": cb[0] - box[2], "right": box[0] - cb[2]}[direction]
+    # prefer a figure above its caption, then below, then beside; nearer is better
+    prior = {"above": 1.0, "below": 0.5, "left": 0.45, "right": 0.4}[direction]
+    return prior * (1.0 / (1.0 + max(gap, 0.0) / 60.0)) * min(1.0, box_area(box) / 5000.0) ** 0.25
+
+
+def _candidates(ctx: _PageContext) -> list[_Candidate]:
+    """Every caption's figure candidates: the run of clusters in each direction, and its
+    shorter prefixes that stop before a cluster another caption's run also reaches."""
+    runs = []
     for cap in ctx.captions:
         span = _column_span(ctx.page, cap.column)
-        directions = ["above", "below", "left", "right"]
-        for d in directions:
+        for d in ("above", "below", "left", "right"):
             band = _free_band(ctx, cap, d, span)
             if band is None:
                 continue
-            idx = _nearest_run(ctx, _claim(ctx, band, set()), cap, d)
+            idx = _nearest_run(ctx, _claim(ctx, band, cap, d), cap, d)
             if not idx:
                 continue
             box = box_union(ctx.clusters[i] for i in idx)
-            cb = cap.bbox
-            # a figure "below" its caption starts below the caption's top, and so on
-            beyond = {"above": box[3] <= cb[3] + 2, "below": box[1] >= cb[1] - 2, "left": box[2] <= cb[2] + 2, "right": box[0] >= cb[0] - 2}
-            if not beyond[d]:
+            # a side figure must face the caption vertically
+            facing = min(box[3], cap.bbox[3]) - max(box[1], cap.bbox[1]) >= 0.3 * (cap.bbox[3] - cap.bbox[1])
+            if d in ("left", "right") and not facing:
                 continue
-            if d in ("left", "right"):
-                # a side figure must face the caption vertically
-                if min(box[3], cap.bbox[3]) - max(box[1], cap.bbox[1]) < 0.3 * (cap.bbox[3] - cap.bbox[1]):
-                    continue
-            gap = {
-                "above": cap.bbox[1] - box[3],
-                "below": box[1] - cap.bbox[3],
-                "left": cap.bbox[0] - box[2],
-                "right": box[0] - cap.bbox[2],
-            }[d]
-            # prefer a figure above its caption, then below, then beside; nearer is better
-            prior = {"above": 1.0, "below": 0.5, "left": 0.45, "right": 0.4}[d]
-            score = prior * (1.0 / (1.0 + max(gap, 0.0) / 60.0)) * min(1.0, box_area(box) / 5000.0) ** 0.25
-            candidates.append((score, cap, d, band, idx))
-    # greedy assignment: best (caption, direction) first; a cluster belongs to one figure
-    candidates.sort(key=lambda c: -c[0])
-    taken: set[int] = set()
-    done: set[int] = set()
-    regions: dict[int, FigureRegion] = {}
-    for score, cap, d, band, idx in candidates:
-        if id(cap) in done:
-            continue
-        free = [i for i in idx if i not in taken]
-        if not free or len(free) < len(idx) * 0.5:
-            continue
-        taken.update(free)
-        done.add(id(cap))
-        box = _attach_text(ctx, box_union(ctx.clusters[i] for i in free), band, cap)
-        position = {"above": "below", "below": "above", "left": "side", "right": "side"}[d]
-        regions[id(cap)] = FigureRegion(
-            label=cap.label or "",
-            page=ctx.page.page,
-            caption=cap.text,
-            caption_box=cap.bbox,
-            box=box,
-            caption_position=position,
-            panels=[Panel(ctx.clusters[i]) for i in free],
-            score=score,
-        )
+            runs.append((cap, d, band, idx))
+    reach: dict[int, set[int]] = {}
+    for cap, _, _, idx in runs:
+        for i in idx:
+            reach.setdefault(i, set()).add(id(cap))
+    out = []
+    for cap, d, band, idx in runs:
+        cuts = {len(idx)} | {k for k in range(1, len(idx)) if len(reach[idx[k]]) > 1}
+        for k in sorted(cuts):
+            sub = idx[:k]
+            out.append(_Candidate(cap, d, band, sub, _score(ctx, cap, d, box_union(ctx.clusters[i] for i in sub))))
+    return out
+
+
+def _assign(ctx: _PageContext, candidates: list[_Candidate], max_nodes: int = 20000) -> dict[int, _Candidate]:
+    """Choose at most one candidate per caption, no cluster used twice: as many captions with a
+    figure as possible, then as much of the page's graphics covered, then the best scores
+    (pdffigures2 picks the best set of non-overlapping proposals the same way)."""
+    by_cap: dict[int, list[_Candidate]] = {}
+    for c in candidates:
+        by_cap.setdefault(id(c.cap), []).append(c)
+    caps = sorted(by_cap, key=lambda k: len(by_cap[k]))
+    for k in caps:
+        by_cap[k].sort(key=lambda c: -c.score)
+    area = [box_area(c) for c in ctx.clusters]
+    best: list = [(-1, -1.0, -1.0), {}]
+    nodes = 0
+
+    def key(chosen: dict[int, _Candidate]) -> tuple[int, float, float]:
+        covered = sum(area[i] for c in chosen.values() for i in c.idx)
+        return (len(chosen), round(covered, 1), sum(c.score for c in chosen.values()))
+
+    def dfs(pos: int, used: set[int], chosen: dict[int, _Candidate]) -> None:
+        nonlocal nodes
+        nodes += 1
+        if len(chosen) + (len(caps) - pos) < best[0][0] or nodes > max_nodes:
+            return
+        if pos == len(caps):
+            k = key(chosen)
+            if k > best[0]:
+                best[0], best[1] = k, dict(chosen)
+            return
+        cap_id = caps[pos]
+        for c in by_cap[cap_id]:
+            if used.isdisjoint(c.idx):
+                chosen[cap_id] = c
+                dfs(pos + 1, used | set(c.idx), chosen)
+                del chosen[cap_id]
+        dfs(pos + 1, used, chosen)
+
+    dfs(0, set(), {})
+    if nodes > max_nodes:  # too many combinations: greedy, best score first
+        chosen, used = {}, set()
+        for c in sorted(candidates, key=lambda c: -c.score):
+            if id(c.cap) not in chosen and used.isdisjoint(c.idx):
+                chosen[id(c.cap)] = c
+                used.update(c.idx)
+        if key(chosen) > best[0]:
+            return chosen
+    return best[1]
+
+
+def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
+    """Pair every caption on the page with the graphics it describes."""
+    chosen = _assign(ctx, _candidates(ctx))
     out = []
     for cap in ctx.captions:
-        out.append(
-            regions.get(
-                id(cap),
+        c = chosen.get(id(cap))
+        if c is None:
+            out.append(
                 FigureRegion(
                     label=cap.label or "",
                     page=ctx.page.page,
@@ -330,7 +409,20 @@ def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
                     caption_box=cap.bbox,
                     box=None,
                     caption_position="none",
-                ),
+                )
+            )
+            continue
+        box = _attach_text(ctx, box_union(ctx.clusters[i] for i in c.idx), c.band, cap)
+        out.append(
+            FigureRegion(
+                label=cap.label or "",
+                page=ctx.page.page,
+                caption=cap.text,
+                caption_box=cap.bbox,
+                box=box,
+                caption_position={"above": "below", "below": "above", "left": "side", "right": "side"}[c.direction],
+                panels=[Panel(ctx.clusters[i]) for i in c.idx],
+                score=c.score,
             )
         )
     return out
