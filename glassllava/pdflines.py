@@ -144,7 +144,7 @@ def _rows(words: list[dict]) -> list[list[dict]]:
             top, bottom = spans[k]
             overlap = min(bottom, w["bottom"]) - max(top, w["top"])
             frac = overlap / min(h, max(bottom - top, 0.5))
-            if frac >= 0.5 and frac > best_overlap:
+            if frac >= 0.5 and frac > best_overlap and not _off_row(rows[k], w, h):
                 best, best_overlap = k, frac
         if best is None:
             rows.append([w])
@@ -157,6 +157,17 @@ def _rows(words: list[dict]) -> list[list[dict]]:
     for row in rows:
         row.sort(key=lambda w: w["x0"])
     return rows
+
+
+def _off_row(row: list[dict], w: dict, h: float) -> bool:
+    """Whether the row's word right beside ``w`` sits on another line: the lines of two columns
+    set in different sizes drift against each other, so both lines of a small-type caption
+    can overlap one taller body line in the next column."""
+    near = min(row, key=lambda r: max(r["x0"] - w["x1"], w["x0"] - r["x1"], 0.0))
+    if max(near["x0"] - w["x1"], w["x0"] - near["x1"], 0.0) > 2.0 * max(w.get("size", 10.0), 4.0):
+        return False
+    overlap = min(near["bottom"], w["bottom"]) - max(near["top"], w["top"])
+    return overlap < 0.5 * min(h, max(near["bottom"] - near["top"], 0.5))
 
 
 def find_gutter(rows: list[list[dict]], width: float) -> tuple[float, float] | None:

@@ -348,8 +348,8 @@ def _candidates(ctx: _PageContext) -> list[_Candidate]:
 
 def _assign(ctx: _PageContext, candidates: list[_Candidate], max_nodes: int = 20000) -> dict[int, _Candidate]:
     """Choose at most one candidate per caption, no cluster used twice: as many captions with a
-    figure as possible, then as much of the page's graphics covered, then the best scores
-    (pdffigures2 picks the best set of non-overlapping proposals the same way)."""
+    figure as possible, then the best total score, then as much of the page's graphics covered
+    (a run rather than its prefix when nothing else wants the rest)."""
     by_cap: dict[int, list[_Candidate]] = {}
     for c in candidates:
         by_cap.setdefault(id(c.cap), []).append(c)
@@ -362,7 +362,7 @@ def _assign(ctx: _PageContext, candidates: list[_Candidate], max_nodes: int = 20
 
     def key(chosen: dict[int, _Candidate]) -> tuple[int, float, float]:
         covered = sum(area[i] for c in chosen.values() for i in c.idx)
-        return (len(chosen), round(covered, 1), sum(c.score for c in chosen.values()))
+        return (len(chosen), round(sum(c.score for c in chosen.values()), 3), round(covered, 1))
 
     def dfs(pos: int, used: set[int], chosen: dict[int, _Candidate]) -> None:
         nonlocal nodes
