@@ -322,19 +322,26 @@ def _split_rows(rows: list[list[dict]], gutter: tuple[float, float] | None, page
             prev = cur[-1]
             gap = w["x0"] - prev["x1"]
             size = max(prev.get("size", 10.0), 4.0)
-            crosses = gutter is not None and prev["x1"] <= gutter[0] + 2 and w["x0"] >= gutter[1] - 2
+            # the gap spans the gutter's middle (a line may reach a little into the gutter
+            # band, which is measured from the rows that have a gap there)
+            crosses = (
+                gutter is not None
+                and prev["x1"] < (gutter[0] + gutter[1]) / 2 < w["x0"]
+                and gap >= max(6.0, 0.5 * (gutter[1] - gutter[0]))
+            )
             if crosses or gap > max(2.5 * size, 14.0):
                 lines.append(_make_line(page_number, cur))
                 cur = [w]
             else:
                 cur.append(w)
         lines.append(_make_line(page_number, cur))
+    mid = (gutter[0] + gutter[1]) / 2 if gutter is not None else 0.0
     for ln in lines:
         if gutter is None:
             ln.column = 0
-        elif ln.x1 <= gutter[0] + 2:
+        elif ln.x1 <= max(gutter[0] + 2, mid - 1):
             ln.column = 1
-        elif ln.x0 >= gutter[1] - 2:
+        elif ln.x0 >= min(gutter[1] - 2, mid + 1):
             ln.column = 2
         else:
             ln.column = 0

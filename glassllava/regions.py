@@ -68,9 +68,11 @@ def _column_span(page: PageText, column: int) -> tuple[float, float]:
     right = max((ln.x1 for ln in xs), default=page.width)
     if page.gutter is None or column == 0:
         return (min(left, 0.08 * page.width), max(right, 0.92 * page.width))
+    # the gutter band is measured from rows with a gap there: a column may reach into it
+    mid = (page.gutter[0] + page.gutter[1]) / 2
     if column == 1:
-        return (min(left, 0.08 * page.width), page.gutter[0])
-    return (page.gutter[1], max(right, 0.92 * page.width))
+        return (min(left, 0.08 * page.width), max(page.gutter[0], mid - 1))
+    return (min(page.gutter[1], mid + 1), max(right, 0.92 * page.width))
 
 
 # ---- clustering ---------------------------------------------------------------------
