@@ -24,11 +24,12 @@ import numpy as np
 import pypdfium2.raw as pdfium_c
 
 # A caption starts a block with "Fig. 3.", "FIG. 3.", "Figure. 3:", "Fig.3.", "Fig. 3 Text",
-# "Figure 7-26 ..."; it is never a body reference such as "Fig. 3 shows" or "Fig. 13(a) shows".
+# "Figure 7-26 ...", "Fig. 1 (a) DSC ..."; it is never a body reference such as "Fig. 3 shows",
+# "Fig. 13(a) shows" or "Fig. 1 (a) shows".
 CAPTION_RE = re.compile(
     r"^(?P<word>Fig(?:ure)?|FIG(?:URE)?|Figure)\s*\.?\s*"
     r"(?P<label>S?\d{1,3}(?:[-\u2013.]\d{1,3})?)(?![\d])(?![-\u2013.]\d)"
-    r"(?P<rest>\s*(?:[.:|\u2014\u2013-]\s*|\s+(?=[A-Z\u0391-\u03a9\"'\u201c])).*|\s*)$",
+    r"(?P<rest>\s*(?:[.:|\u2014\u2013-]\s*|\s+(?=[A-Z\u0391-\u03a9\"'\u201c])|\s+(?=\([a-z]\)\s*[A-Z\u0391-\u03a9])).*|\s*)$",
     re.S,
 )
 TABLE_CAPTION_RE = re.compile(r"^(?:Table|TABLE)\s+(?P<label>[IVX\d]+[A-Za-z]?)\s*(?:[.:|]|\s+(?=[A-Z]))")

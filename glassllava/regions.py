@@ -283,13 +283,22 @@ def _overlap_1d(a: Box, b: Box, direction: str) -> bool:
 
 
 def _attach_text(ctx: _PageContext, box: Box, band: Box, cap: Block) -> Box:
-    """Grow a figure box by its own text (axis labels and titles, legends, panel letters)."""
+    """Grow a figure box by its own text (axis labels and titles, legends, panel letters).
+
+    A figure's text lies level with its graphics, across or along: a line below them that
+    starts well left of them (the next text on the page) is not the figure's."""
+    g = box
     changed = True
     while changed:
         changed = False
         for ln in ctx.figure_text:
             lb = ln.bbox
             if _inside(lb, box, 0.99) or not _inside(lb, band, 0.6):
+                continue
+            tol = max(ln.size, 6.0)
+            along_x = lb[0] >= g[0] - tol and lb[2] <= g[2] + tol
+            along_y = lb[1] >= g[1] - tol and lb[3] <= g[3] + tol
+            if not (along_x or along_y):
                 continue
             if any(_inside(lb, c.bbox, 0.5) for c in ctx.captions):
                 continue
