@@ -36,6 +36,7 @@ TABLE_CAPTION_RE = re.compile(r"^(?:Table|TABLE)\s+(?P<label>[IVX\d]+[A-Za-z]?)\
 _HEADING_NUMBER_RE = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[IVX]+\.)\s+\S")
 _BOLD_RE = re.compile(r"bold|black|heavy|semibold|demi|,B\b|-B\b|\.B\b|Medi", re.I)
 _CID_RE = re.compile(r"\(cid:\d+\)")
+_PANEL_LETTER_RE = re.compile(r"^\(?[a-hA-H]\)[.:]?$")
 
 
 def caption_label(text: str) -> str | None:
@@ -404,6 +405,8 @@ def _continues(block: Block, ln: Line) -> bool:
     """Whether ``ln`` is the next line of ``block``: just below its last line, overlapping it
     horizontally, same size, no first-line indent."""
     prev = block.lines[-1]
+    if block.kind in ("caption", "table_caption") and _PANEL_LETTER_RE.match(ln.text.strip()):
+        return False  # "(a)" under a caption labels the figure's first panel
     gap = ln.top - prev.bottom
     size = max(prev.size, ln.size)
     if gap > 0.9 * size or gap < -0.5 * min(prev.size, ln.size):

@@ -59,6 +59,9 @@ def _is_body_block(b: Block, body_size: float, span_width: float) -> bool:
     body_font = abs(b.size - body_size) <= 1.3
     if len(b.lines) >= 2 and body_font and width >= 0.5 * span_width and n_words >= 12:
         return True
+    # wrapped prose in smaller type (a reference list, footnotes) is no figure's text either
+    if len(b.lines) >= 2 and abs(b.size - body_size) <= 2.5 and width >= 0.7 * span_width and n_words >= 12:
+        return True
     return len(b.lines) == 1 and body_font and width >= 0.75 * span_width and n_words >= 8
 
 
