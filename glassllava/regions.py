@@ -291,6 +291,7 @@ def _attach_text(ctx: _PageContext, box: Box, band: Box, cap: Block) -> Box:
     A figure's text lies level with its graphics, across or along: a line below them that
     starts well left of them (the next text on the page) is not the figure's."""
     g = box
+    rotated = {id(ln) for ln in ctx.page.rotated}
     changed = True
     while changed:
         changed = False
@@ -305,7 +306,9 @@ def _attach_text(ctx: _PageContext, box: Box, band: Box, cap: Block) -> Box:
                 continue
             if any(_inside(lb, c.bbox, 0.5) for c in ctx.captions):
                 continue
-            if box_gap(lb, box) <= max(1.2 * ln.size, 8.0):
+            # a rotated axis title may stand off the axis by the width of the tick labels
+            reach = 3.0 * ln.size if id(ln) in rotated else max(1.2 * ln.size, 8.0)
+            if box_gap(lb, box) <= reach:
                 box = box_union([box, lb])
                 changed = True
     return box
