@@ -364,9 +364,11 @@ def _candidates(ctx: _PageContext) -> list[_Candidate]:
 
 
 def _assign(ctx: _PageContext, candidates: list[_Candidate], max_nodes: int = 20000) -> dict[int, _Candidate]:
-    """Choose at most one candidate per caption, no cluster used twice: as many captions with a
+    """Choose at most one candidate per caption, no cluster used twice and no two figure boxes
+    overlapping: as many captions with a
     figure as possible, then the best total score, then as much of the page's graphics covered
-    (a run rather than its prefix when nothing else wants the rest)."""
+    (a run rather than its prefix when nothing else wants the rest), then the clusters nearest
+    their captions."""
     by_cap: dict[int, list[_Candidate]] = {}
     for c in candidates:
         by_cap.setdefault(id(c.cap), []).append(c)
@@ -374,12 +376,15 @@ def _assign(ctx: _PageContext, candidates: list[_Candidate], max_nodes: int = 20
     for k in caps:
         by_cap[k].sort(key=lambda c: -c.score)
     area = [box_area(c) for c in ctx.clusters]
-    best: list = [(-1, -1.0, -1.0), {}]
+    best: list = [(-1, -1.0, -1.0, 0.0), {}]
     nodes = 0
 
-    def key(chosen: dict[int, _Candidate]) -> tuple[int, float, float]:
+    def key(chosen: dict[int, _Candidate]) -> tuple[int, float, float, float]:
         covered = sum(area[i] for c in chosen.values() for i in c.idx)
-        return (len(chosen), round(sum(c.score for c in chosen.values()), 3), round(covered, 1))
+        # last: each cluster with the nearer caption (a panel row under a wide caption is that
+        # caption's, not the figure's further down whose run also reaches it)
+        far = sum(box_gap(ctx.clusters[i], c.cap.bbox) for c in chosen.values() for i in c.idx)
+        return (len(chosen), round(sum(c.score for c in chosen.values()), 3), round(covered, 1), -round(far, 1))
 
     def dfs(pos: int, used: set[int], chosen: dict[int, _Candidate]) -> None:
         nonlocal nodes
@@ -393,17 +398,28 @@ def _assign(ctx: _PageContext, candidates: list[_Candidate], max_nodes: int = 20
             return
         cap_id = caps[pos]
         for c in by_cap[cap_id]:
-            if used.isdisjoint(c.idx):
+            if used.isdisjoint(c.idx) and not clashes(c, chosen):
                 chosen[cap_id] = c
                 dfs(pos + 1, used | set(c.idx), chosen)
                 del chosen[cap_id]
         dfs(pos + 1, used, chosen)
 
+    boxes = {id(c): box_union(ctx.clusters[i] for i in c.idx) for c in candidates}
+
+    def clashes(c: _Candidate, chosen: dict[int, _Candidate]) -> bool:
+        # figures do not overlap: a run that reaches around another figure is not one figure
+        b = boxes[id(c)]
+        for o in chosen.values():
+            inter = box_intersection(b, boxes[id(o)])
+            if inter is not None and box_area(inter) > 0.02 * min(box_area(b), box_area(boxes[id(o)])):
+                return True
+        return False
+
     dfs(0, set(), {})
     if nodes > max_nodes:  # too many combinations: greedy, best score first
         chosen, used = {}, set()
         for c in sorted(candidates, key=lambda c: -c.score):
-            if id(c.cap) not in chosen and used.isdisjoint(c.idx):
+            if id(c.cap) not in chosen and used.isdisjoint(c.idx) and not clashes(c, chosen):
                 chosen[id(c.cap)] = c
                 used.update(c.idx)
         if key(chosen) > best[0]:
