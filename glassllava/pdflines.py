@@ -352,15 +352,23 @@ def _split_rows(rows: list[list[dict]], gutter: tuple[float, float] | None, page
 
 
 def _document_gutter(gutters: list[tuple[float, float] | None]) -> tuple[float, float] | None:
-    """The gutter most two-column pages of a paper agree on (None when they do not)."""
+    """The gutter most two-column pages of a paper agree on (None when they do not).
+
+    A page's gutter can only be wider than the columns leave (short lines and figures widen
+    the gap), so the paper's gutter is the band the agreeing pages share."""
     found = [g for g in gutters if g is not None]
     if len(found) < 2 or len(found) < 0.5 * len(gutters):
         return None
-    mid = statistics.median((g[0] + g[1]) / 2 for g in found)
-    agree = [g for g in found if abs((g[0] + g[1]) / 2 - mid) <= 6.0]
+
+    def shared(a: tuple[float, float], b: tuple[float, float]) -> float:
+        return min(a[1], b[1]) - max(a[0], b[0])
+
+    anchor = max(found, key=lambda g: (sum(shared(g, o) >= 4.0 for o in found), -(g[1] - g[0])))
+    agree = [g for g in found if shared(anchor, g) >= 4.0]
     if len(agree) < 0.75 * len(found):
         return None
-    return (statistics.median(g[0] for g in agree), statistics.median(g[1] for g in agree))
+    band = (max(g[0] for g in agree), min(g[1] for g in agree))
+    return band if band[1] - band[0] >= 4.0 else None
 
 
 def _gutter_fits(rows: list[list[dict]], gutter: tuple[float, float]) -> bool:
@@ -537,7 +545,8 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
     """Lines and blocks of the pages of an open ``pypdfium2.PdfDocument``, blocks in reading order.
 
     A page where no gutter shows (a page of figures and captions) takes the gutter the
-    paper's other pages agree on, unless its own rows run across it.
+    paper's other pages agree on, unless its own rows run across it; so does a page whose
+    gutter is wider than, and contains, the paper's.
     """
     numbers = pages or list(range(1, len(pdf) + 1))
     pre = []
@@ -551,6 +560,10 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
     raw = []
     for (width, height, rows, gutter, rotated), n in zip(pre, numbers):
         if gutter is None and doc_gutter is not None and rows and _gutter_fits(rows, doc_gutter):
+            gutter = doc_gutter
+        elif gutter is not None and doc_gutter is not None and gutter[0] - 1 <= doc_gutter[0] and doc_gutter[1] <= gutter[1] + 1:
+            # a page of figures and short lines shows a wider gap than its columns leave:
+            # the columns are where the paper's other pages have them
             gutter = doc_gutter
         raw.append((width, height, _split_rows(rows, gutter, n), gutter, rotated))
     drop = _furniture([r[2] for r in raw], [float(r[1]) for r in raw])
