@@ -218,13 +218,18 @@ def _claim(ctx: _PageContext, band: Box, cap: Block | None = None, direction: st
         ):
             continue
         if cb is not None:
+            quarter = 0.25 * (cb[2] - cb[0])
             beyond = {
                 "above": c[3] <= cb[3] + 2,
                 "below": c[1] >= cb[1] - 2,
-                "left": c[2] <= cb[2] + 2,
-                "right": c[0] >= cb[0] - 2,
+                # a figure beside the caption reaches under it by a quarter of its width at most
+                "left": c[2] <= cb[0] + quarter,
+                "right": c[0] >= cb[2] - quarter,
             }[direction]
-            if not beyond:
+            # level with the caption and beside it: a side figure, not one above or below
+            level = min(c[3], cb[3]) - max(c[1], cb[1]) > 0.5 * (cb[3] - cb[1])
+            beside = c[2] <= cb[0] + 2 or c[0] >= cb[2] - 2
+            if not beyond or (direction in ("above", "below") and level and beside):
                 continue
             crosses = (c[1] < band[1] - 6 or c[3] > band[3] + 6) and any(
                 min(c[3], b[3]) - max(c[1], b[1]) > 2 for b in closing
