@@ -130,6 +130,11 @@ def _page_context(page: PageText, graphics: list[Graphic], body_size: float, min
         ):
             body_blocks.append(b)
     body = [b.bbox for b in body_blocks]
+    if len(page.lines) >= 10:
+        # graphics wholly in a side margin, beyond every line of text (a publisher's logo
+        # beside a rotated copyright line), are page furniture
+        left, right = min(ln.x0 for ln in page.lines), max(ln.x1 for ln in page.lines)
+        clusters = [c for c in clusters if left - 2 <= c[2] and c[0] <= right + 2]
     body_line_ids = {id(ln) for b in body_blocks for ln in b.lines}
     figure_text = [ln for ln in page.lines if id(ln) not in body_line_ids] + list(page.rotated)
     # graphics that sit inside a running-text block are inline symbols, not figures
@@ -168,9 +173,14 @@ def _free_band(ctx: _PageContext, cap: Block, direction: str, span: tuple[float,
             bx0, bx1 = cb[2], ctx.page.width
         if bx1 - bx0 < 40:
             return None
-        # running text level with the caption closes the band sideways
+        # running text level with the caption closes the band sideways (text that only
+        # overlaps a tall caption's first or last lines is above or below the figure)
+        def level(b: Box) -> bool:
+            overlap = min(b[3], cb[3]) - max(b[1], cb[1])
+            return overlap > 1 and overlap >= 0.5 * min(b[3] - b[1], cb[3] - cb[1])
+
         for b in blockers:
-            if b[2] > bx0 + 2 and b[0] < bx1 - 2 and b[3] > cb[1] + 1 and b[1] < cb[3] - 1:
+            if b[2] > bx0 + 2 and b[0] < bx1 - 2 and level(b):
                 if direction == "left":
                     bx0 = max(bx0, b[2])
                 else:
@@ -182,9 +192,9 @@ def _free_band(ctx: _PageContext, cap: Block, direction: str, span: tuple[float,
         for b in blockers:
             # side captions stacked one above another split the page between their figures
             if (b[2] > bx0 + 2 and b[0] < bx1 - 2) or b in stacked:
-                if b[3] <= cb[1] + 1:
+                if b[3] <= cb[1] + 1 or (b[1] + b[3] < cb[1] + cb[3] and not level(b)):
                     top = max(top, b[3])
-                elif b[1] >= cb[3] - 1:
+                elif b[1] >= cb[3] - 1 or not level(b):
                     bottom = min(bottom, b[1])
         return (bx0, top, bx1, bottom)
     raise ValueError(direction)
@@ -231,8 +241,10 @@ def _claim(ctx: _PageContext, band: Box, cap: Block | None = None, direction: st
             beside = c[2] <= cb[0] + 2 or c[0] >= cb[2] - 2
             if not beyond or (direction in ("above", "below") and level and beside):
                 continue
+            # (a cluster drawn across that text itself is rather a path that runs on unseen
+            # under it, as before)
             crosses = (c[1] < band[1] - 6 or c[3] > band[3] + 6) and any(
-                min(c[3], b[3]) - max(c[1], b[1]) > 2 for b in closing
+                min(c[3], b[3]) - max(c[1], b[1]) > 2 and box_intersection(c, b) is None for b in closing
             )
             if crosses:
                 continue
@@ -277,10 +289,36 @@ def _nearest_run(ctx: _PageContext, idx: list[int], cap: Block, direction: str) 
     union = first
     for i in order[1:]:
         c = ctx.clusters[i]
-        if box_gap(union, c) <= 40 or _overlap_1d(union, c, direction):
+        if box_gap(union, c) <= 40 or _overlap_1d(union, c, direction) or _bridged(ctx, union, c, direction):
             keep.append(i)
             union = box_union([union, c])
     return keep
+
+
+def _bridged(ctx: _PageContext, a: Box, b: Box, direction: str, max_blank: float = 24.0) -> bool:
+    """Whether the space between two clusters along the walking direction is filled with the
+    figure's own text (tick labels, axis and panel titles of stacked plots), leaving no blank
+    run longer than ``max_blank``."""
+    vertical = direction in ("above", "below")
+    lo, hi = (min(a[3], b[3]), max(a[1], b[1])) if vertical else (min(a[2], b[2]), max(a[0], b[0]))
+    if hi - lo > 120:
+        return False
+    spans = []
+    for ln in ctx.figure_text:
+        lb = ln.bbox
+        across = (min(lb[2], a[2], b[2]) - max(lb[0], a[0], b[0])) if vertical else (min(lb[3], a[3], b[3]) - max(lb[1], a[1], b[1]))
+        if across > 0:
+            spans.append((lb[1], lb[3]) if vertical else (lb[0], lb[2]))
+    pos = lo
+    for s0, s1 in sorted(spans):
+        if s1 <= pos:
+            continue
+        if s0 > hi:
+            break
+        if s0 - pos > max_blank:
+            return False
+        pos = max(pos, s1)
+    return hi - pos <= max_blank
 
 
 def _overlap_1d(a: Box, b: Box, direction: str) -> bool:
