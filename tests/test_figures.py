@@ -390,3 +390,43 @@ def test_page_of_figures_in_a_two_column_paper(tmp_path):
         assert regions[label].page == 3
         assert box_iou(regions[label].box, truth[label]) > 0.95, (label, regions[label].box)
     assert regions["3"].caption_position == "above" and regions["3"].caption.endswith("(b) the bulk glass.")
+
+
+def test_tall_side_caption_with_text_below_the_figure_and_a_margin_logo(tmp_path):
+    """A Nature-style page: a tall caption in the left column beside a figure in the right,
+    the right column's text starting under the figure, level with the caption's last lines;
+    a publisher's logo in the left margin is no figure."""
+
+    def draw(p, truth):
+        p.text(60, 70, "Figure 1 Ephaptic coupling leads to coordinated", 8)
+        for i in range(1, 34):
+            p.text(60, 70 + 10.5 * i, f"spiking of neurons, caption line {i} of the legend.", 8)
+        truth["1"] = (250, 70, 545, 400)
+        p.image(truth["1"], seed=11)
+        p.c.rect(12, H - 520, 18, 18, stroke=1, fill=1)  # the logo in the margin
+        _body_lines(p, 250, 412, 295, 780)
+        _body_lines(p, 60, 440, 180, 780)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["1"]
+    assert r.box is not None and box_iou(r.box, truth["1"]) > 0.95, r.box
+    assert r.caption_position == "side"
+
+
+def test_plots_stacked_with_their_titles_and_tick_labels_between_them_are_one_figure(tmp_path):
+    """Three plots stacked above one caption, 40+ pt apart but the space between them filled
+    with their tick labels and titles (mineru_demo2 Fig. 3)."""
+
+    def draw(p, truth):
+        _body_lines(p, 50, 60, 235, 780)
+        tops = (70, 175, 280)
+        for k, t in enumerate(tops):
+            p.text(400, t - 12, f"Noise: {20 * k}", 8)
+            _axes_plot(p, (330, t, 545, t + 75))
+        truth["3"] = (330, 58, 545, 355)
+        p.text(310, 365, "Figure 3: Performance of temporal matching at different noise levels.", 8.5)
+        _body_lines(p, 310, 390, 235, 780)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["3"]
+    assert box_iou(r.box, truth["3"]) > 0.9, r.box

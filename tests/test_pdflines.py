@@ -7,7 +7,13 @@ import pytest
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
-from glassllava.pdflines import _document_gutter, _rows, caption_label, clean_text, extract_pages
+from glassllava.pdflines import (
+    _document_gutter,
+    _rows,
+    caption_label,
+    clean_text,
+    extract_pages,
+)
 
 
 @pytest.mark.parametrize(
@@ -107,12 +113,12 @@ def test_full_width_caption_keeps_its_short_last_line_and_a_column_caption_ends_
     """A full-width caption whose last line fits in the left column, on a two-column page;
     a page of two-column text elsewhere fixes the paper's gutter."""
     path = tmp_path / "cap.pdf"
-    W, H = A4
+    H = A4[1]
     c = canvas.Canvas(str(path), pagesize=A4, invariant=1)
     c.setFont("Times-Roman", 10)
     for i in range(40):
-        c.drawString(60, H - 80 - 12 * i, "Left column line %d of the melting description." % i)
-        c.drawString(310, H - 80 - 12 * i, "Right column line %d about annealing." % i)
+        c.drawString(60, H - 80 - 12 * i, f"Left column line {i} of the melting description.")
+        c.drawString(310, H - 80 - 12 * i, f"Right column line {i} about annealing.")
     c.showPage()
     c.setFont("Times-Roman", 9)
     c.drawString(60, H - 270, "Fig. 1. SEM micrographs of the samples: (a) the soda-lime glass melted at 1380 C for 0.5 h showing")
@@ -120,8 +126,8 @@ def test_full_width_caption_keeps_its_short_last_line_and_a_column_caption_ends_
     c.drawString(60, H - 291.6, "(seeds); (c) a homogeneous glass.")
     c.setFont("Times-Roman", 10)
     for i in range(25):
-        c.drawString(60, H - 320 - 12 * i, "Left column line %d of the melting description." % i)
-        c.drawString(310, H - 320 - 12 * i, "Right column line %d about annealing." % i)
+        c.drawString(60, H - 320 - 12 * i, f"Left column line {i} of the melting description.")
+        c.drawString(310, H - 320 - 12 * i, f"Right column line {i} about annealing.")
     c.showPage()
     c.save()
     page = extract_pages(pdfium.PdfDocument(str(path)))[1]
