@@ -96,7 +96,9 @@ def score_figures(documents: list[dict], predictions: dict[str, list[dict]]) -> 
             }
         )
     sp, sr = _ratio(strict_tp, strict_pred), _ratio(strict_tp, strict_gt)
+    sem = _sem_scores(documents, predictions)
     return {
+        **sem,
         "caption_precision": _ratio(cap_tp, cap_pred),
         "caption_recall": _ratio(cap_tp, cap_gt),
         "pair_precision": _ratio(pair_tp, pair_pred),
@@ -114,15 +116,57 @@ def score_figures(documents: list[dict], predictions: dict[str, list[dict]]) -> 
     }
 
 
-def run_figures_benchmark(manifest: Path, *, dpi: int = 150, layout_backend: str = "heuristic") -> dict:
-    """Run the figures stage (extraction and rendering) on every scored PDF of a manifest."""
-    from glassllava.figures import extract_paper_figures
+def _sem_scores(documents: list[dict], predictions: dict[str, list[dict]]) -> dict:
+    """SEM classification of the matched figures (page + label, with a region) whose ground
+    truth says whether they are SEM figures (``is_sem``) and whose prediction has a verdict.
+    Empty when the manifest has no SEM truth."""
+    tp = fp = fn = tn = 0
+    wrong: list[str] = []
+    for doc in documents:
+        if str(doc.get("gt_kind", "")).startswith("none"):
+            continue
+        gt = {(int(f["page"]), str(f["label"])): f for f in doc.get("figures", []) if f.get("kind", "figure") == "figure"}
+        for p in predictions.get(doc["pdf"], []):
+            f = gt.get((int(p["page"]), str(p["label"])))
+            if f is None or p.get("figure_bbox") is None or not isinstance(f.get("is_sem"), bool) or p.get("is_sem") is None:
+                continue
+            truth, said = f["is_sem"], bool(p["is_sem"])
+            tp += truth and said
+            fp += said and not truth
+            fn += truth and not said
+            tn += not truth and not said
+            if truth != said:
+                wrong.append(f"{doc['pdf']}:{p['page']}:{p['label']}:{'fn' if truth else 'fp'}")
+    n = tp + fp + fn + tn
+    if not n:
+        return {}
+    return {
+        "sem_accuracy": _ratio(tp + tn, n),
+        "sem_precision": _ratio(tp, tp + fp),
+        "sem_recall": _ratio(tp, tp + fn),
+        "sem_figures": n,
+        "sem_errors": sorted(wrong),
+    }
+
+
+def _has_sem_truth(documents: list[dict]) -> bool:
+    return any(isinstance(f.get("is_sem"), bool) for d in documents for f in d.get("figures", []))
+
+
+def run_figures_benchmark(manifest: Path, *, dpi: int = 150, layout_backend: str = "heuristic", sem_threshold: float = 0.5) -> dict:
+    """Run the figures stage (extraction and rendering) on every scored PDF of a manifest.
+
+    Where the manifest says which figures are SEM figures (``is_sem``, as the generated
+    corpus does), the matched figures are also classified and scored (``sem_accuracy``,
+    ``sem_precision``, ``sem_recall``; the classifier's time is not counted in pages/s)."""
+    from glassllava.figures import extract_paper_figures, figure_sem_verdicts
 
     manifest = Path(manifest)
     data = json.loads(manifest.read_text())
     documents = data["documents"]
     pdf_dir = manifest.parent / "pdfs"
     predictions: dict[str, list[dict]] = {}
+    with_sem = _has_sem_truth(documents)
     pages = 0
     elapsed = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,6 +188,10 @@ def run_figures_benchmark(manifest: Path, *, dpi: int = 150, layout_backend: str
                 }
                 for f in result.figures
             ]
+            if with_sem:  # the classifier's verdicts, as the figures stage gives them (not timed)
+                for f, pred in zip(result.figures, predictions[doc["pdf"]]):
+                    if f.box is not None:
+                        pred["is_sem"] = max((v.score for v in figure_sem_verdicts(f, result, sem_threshold)), default=0.0) >= sem_threshold
     scores = score_figures(documents, predictions)
     scores.update(
         {

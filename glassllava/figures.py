@@ -156,6 +156,19 @@ def extract_paper_figures(
         pdf.close()
 
 
+def figure_sem_verdicts(region: FigureRegion, result: PaperFigures, threshold: float = 0.5) -> list:
+    """The SEM classifier's verdict on each rendered panel of a figure (``sem.sem_score`` with the
+    figure's caption); a figure is an SEM figure when its best panel is."""
+    from glassllava.sem import sem_score
+
+    verdicts = []
+    for i, _ in enumerate(region.panels if region.box is not None else []):
+        img = result.panel_images[(region.label, i)]
+        with Image.open(img.path) as im:
+            verdicts.append(sem_score(im, caption=region.caption, threshold=threshold))
+    return verdicts
+
+
 def _label_panels_from_caption(region: FigureRegion) -> None:
     """When the figure shows no letters but the caption names exactly as many panels as were
     found, ("(a) ... (b) ..."), label them in reading order."""
@@ -211,8 +224,6 @@ def figures_for_paper(paper_sha: str, pdf_path: Path, params: FiguresParams, lay
     A failure is recorded in the cache file with its reason (the paper is not retried until the
     code or parameters change) and the caller goes on with the next paper.
     """
-    from glassllava.sem import sem_score
-
     out = paper_cache_path(layout, paper_sha, key)
     image_dir = layout.figures / "images"
     try:
@@ -234,10 +245,9 @@ def figures_for_paper(paper_sha: str, pdf_path: Path, params: FiguresParams, lay
         fid = figure_id(paper_sha, region.label)
         fig_img = result.figure_images.get(region.label)
         panel_scores = []
-        for i, panel in enumerate(region.panels if region.box is not None else []):
+        verdicts = figure_sem_verdicts(region, result, params.sem_threshold)
+        for i, (panel, verdict) in enumerate(zip(region.panels, verdicts)):
             img = result.panel_images[(region.label, i)]
-            with Image.open(img.path) as im:
-                verdict = sem_score(im, caption=region.caption, threshold=params.sem_threshold)
             panel_scores.append(verdict.score)
             panels.append(
                 {

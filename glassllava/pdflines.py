@@ -13,6 +13,7 @@ Used by ``ingest`` (paragraphs, headings, in-text figure context) and ``figures`
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import re
 import statistics
@@ -23,17 +24,19 @@ import numpy as np
 import pypdfium2.raw as pdfium_c
 
 # A caption starts a block with "Fig. 3.", "FIG. 3.", "Figure. 3:", "Fig.3.", "Fig. 3 Text",
-# "Figure 7-26 ..."; it is never a body reference such as "Fig. 3 shows" or "Fig. 13(a) shows".
+# "Figure 7-26 ...", "Fig. 1 (a) DSC ..."; it is never a body reference such as "Fig. 3 shows",
+# "Fig. 13(a) shows" or "Fig. 1 (a) shows".
 CAPTION_RE = re.compile(
     r"^(?P<word>Fig(?:ure)?|FIG(?:URE)?|Figure)\s*\.?\s*"
     r"(?P<label>S?\d{1,3}(?:[-\u2013.]\d{1,3})?)(?![\d])(?![-\u2013.]\d)"
-    r"(?P<rest>\s*(?:[.:|\u2014\u2013-]\s*|\s+(?=[A-Z\u0391-\u03a9\"'\u201c])).*|\s*)$",
+    r"(?P<rest>\s*(?:[.:|\u2014\u2013-]\s*|\s+(?=[A-Z\u0391-\u03a9\"'\u201c])|\s+(?=\([a-z]\)\s*[A-Z\u0391-\u03a9])).*|\s*)$",
     re.S,
 )
 TABLE_CAPTION_RE = re.compile(r"^(?:Table|TABLE)\s+(?P<label>[IVX\d]+[A-Za-z]?)\s*(?:[.:|]|\s+(?=[A-Z]))")
 _HEADING_NUMBER_RE = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[IVX]+\.)\s+\S")
 _BOLD_RE = re.compile(r"bold|black|heavy|semibold|demi|,B\b|-B\b|\.B\b|Medi", re.I)
 _CID_RE = re.compile(r"\(cid:\d+\)")
+_PANEL_LETTER_RE = re.compile(r"^\(?[a-hA-H]\)[.:]?$")
 
 
 def caption_label(text: str) -> str | None:
@@ -121,6 +124,7 @@ class PageText:
     gutter: tuple[float, float] | None  # x-range of the column gutter, None on one-column pages
     lines: list[Line]
     blocks: list[Block]
+    rotated: list[Line] = field(default_factory=list)  # rotated words (axis titles): figure text only
 
 
 # ---- lines --------------------------------------------------------------------------
@@ -142,7 +146,7 @@ def _rows(words: list[dict]) -> list[list[dict]]:
             top, bottom = spans[k]
             overlap = min(bottom, w["bottom"]) - max(top, w["top"])
             frac = overlap / min(h, max(bottom - top, 0.5))
-            if frac >= 0.5 and frac > best_overlap:
+            if frac >= 0.5 and frac > best_overlap and not _off_row(rows[k], w, h):
                 best, best_overlap = k, frac
         if best is None:
             rows.append([w])
@@ -155,6 +159,17 @@ def _rows(words: list[dict]) -> list[list[dict]]:
     for row in rows:
         row.sort(key=lambda w: w["x0"])
     return rows
+
+
+def _off_row(row: list[dict], w: dict, h: float) -> bool:
+    """Whether the row's word right beside ``w`` sits on another line: the lines of two columns
+    set in different sizes drift against each other, so both lines of a small-type caption
+    can overlap one taller body line in the next column."""
+    near = min(row, key=lambda r: max(r["x0"] - w["x1"], w["x0"] - r["x1"], 0.0))
+    if max(near["x0"] - w["x1"], w["x0"] - near["x1"], 0.0) > 2.0 * max(w.get("size", 10.0), 4.0):
+        return False
+    overlap = min(near["bottom"], w["bottom"]) - max(near["top"], w["top"])
+    return overlap < 0.5 * min(h, max(near["bottom"] - near["top"], 0.5))
 
 
 def find_gutter(rows: list[list[dict]], width: float) -> tuple[float, float] | None:
@@ -297,6 +312,11 @@ def page_lines(page, page_number: int) -> tuple[list[Line], tuple[float, float] 
     words = [w for w in page_words(page) if w["upright"]]
     rows = _rows(words)
     gutter = find_gutter(rows, float(page.get_width()))
+    return _split_rows(rows, gutter, page_number), gutter
+
+
+def _split_rows(rows: list[list[dict]], gutter: tuple[float, float] | None, page_number: int) -> list[Line]:
+    """Lines from visual rows: a row splits where it crosses the gutter or at a very wide gap."""
     lines: list[Line] = []
     for row in rows:
         cur = [row[0]]
@@ -304,24 +324,70 @@ def page_lines(page, page_number: int) -> tuple[list[Line], tuple[float, float] 
             prev = cur[-1]
             gap = w["x0"] - prev["x1"]
             size = max(prev.get("size", 10.0), 4.0)
-            crosses = gutter is not None and prev["x1"] <= gutter[0] + 2 and w["x0"] >= gutter[1] - 2
+            # the gap spans the gutter's middle (a line may reach a little into the gutter
+            # band, which is measured from the rows that have a gap there)
+            crosses = (
+                gutter is not None
+                and prev["x1"] < (gutter[0] + gutter[1]) / 2 < w["x0"]
+                and gap >= max(6.0, 0.5 * (gutter[1] - gutter[0]))
+            )
             if crosses or gap > max(2.5 * size, 14.0):
                 lines.append(_make_line(page_number, cur))
                 cur = [w]
             else:
                 cur.append(w)
         lines.append(_make_line(page_number, cur))
+    mid = (gutter[0] + gutter[1]) / 2 if gutter is not None else 0.0
     for ln in lines:
         if gutter is None:
             ln.column = 0
-        elif ln.x1 <= gutter[0] + 2:
+        elif ln.x1 <= max(gutter[0] + 2, mid - 1):
             ln.column = 1
-        elif ln.x0 >= gutter[1] - 2:
+        elif ln.x0 >= min(gutter[1] - 2, mid + 1):
             ln.column = 2
         else:
             ln.column = 0
     lines.sort(key=lambda ln: (ln.top, ln.x0))
-    return lines, gutter
+    return lines
+
+
+def _document_gutter(gutters: list[tuple[float, float] | None]) -> tuple[float, float] | None:
+    """The gutter most two-column pages of a paper agree on (None when they do not).
+
+    A page's gutter can only be wider than the columns leave (short lines and figures widen
+    the gap), so the paper's gutter is the band the agreeing pages share."""
+    found = [g for g in gutters if g is not None]
+    if len(found) < 2 or len(found) < 0.5 * len(gutters):
+        return None
+
+    def shared(a: tuple[float, float], b: tuple[float, float]) -> float:
+        return min(a[1], b[1]) - max(a[0], b[0])
+
+    anchor = max(found, key=lambda g: (sum(shared(g, o) >= 4.0 for o in found), -(g[1] - g[0])))
+    agree = [g for g in found if shared(anchor, g) >= 4.0]
+    if len(agree) < 0.75 * len(found):
+        return None
+    band = (max(g[0] for g in agree), min(g[1] for g in agree))
+    return band if band[1] - band[0] >= 4.0 else None
+
+
+def _gutter_fits(rows: list[list[dict]], gutter: tuple[float, float]) -> bool:
+    """Whether a page whose own gutter was not found (a page of figures with few text rows) can
+    take the paper's gutter: few of its rows run across it."""
+    a, b = gutter
+    mid = (a + b) / 2
+    crossing = 0
+    for row in rows:
+        if any(w["x0"] < mid < w["x1"] for w in row) or any(
+            prev["x1"] < a and w["x0"] > b and w["x0"] - prev["x1"] <= 0.9 * max(prev.get("size", 10.0), 4.0)
+            for prev, w in itertools.pairwise(row)
+        ):
+            crossing += 1
+    return crossing <= len(rows) / 3
+
+
+def _rotated_lines(words: list[dict], page_number: int) -> list[Line]:
+    return [_make_line(page_number, [w]) for w in words if not w["upright"] and w["text"].strip()]
 
 
 # ---- blocks -------------------------------------------------------------------------
@@ -347,6 +413,8 @@ def _continues(block: Block, ln: Line) -> bool:
     """Whether ``ln`` is the next line of ``block``: just below its last line, overlapping it
     horizontally, same size, no first-line indent."""
     prev = block.lines[-1]
+    if block.kind in ("caption", "table_caption") and _PANEL_LETTER_RE.match(ln.text.strip()):
+        return False  # "(a)" under a caption labels the figure's first panel
     gap = ln.top - prev.bottom
     size = max(prev.size, ln.size)
     if gap > 0.9 * size or gap < -0.5 * min(prev.size, ln.size):
@@ -395,7 +463,37 @@ def _group_blocks(lines: list[Line], body_size: float) -> list[Block]:
             )
             blocks.append(block)
             open_blocks.append(block)
-    return blocks
+    return _join_caption_tails(blocks)
+
+
+def _join_caption_tails(blocks: list[Block]) -> list[Block]:
+    """A full-width caption whose last line is short enough to sit inside one column (so it was
+    grouped with that column) gets that line back."""
+    out = list(blocks)
+    for cap in blocks:
+        if cap.kind not in ("caption", "table_caption") or cap.column != 0:
+            continue
+        tail = next(
+            (
+                b
+                for b in out
+                if b.column != 0
+                and b.kind == "paragraph"
+                and b.lines[0].top > cap.lines[-1].top
+                and abs(b.lines[0].x0 - cap.lines[-1].x0) <= 2.0
+                and _continues(cap, b.lines[0])
+            ),
+            None,
+        )
+        if tail is None:
+            continue
+        # only the last line of a full-width caption can be short: one line at most
+        cap.lines.append(tail.lines[0])
+        if len(tail.lines) > 1:
+            tail.lines = tail.lines[1:]
+        else:
+            out.remove(tail)
+    return out
 
 
 def reading_order(blocks: list[Block]) -> list[Block]:
@@ -444,18 +542,35 @@ def _furniture(pages: list[list[Line]], heights: list[float]) -> set[int]:
 
 
 def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
-    """Lines and blocks of the pages of an open ``pypdfium2.PdfDocument``, blocks in reading order."""
+    """Lines and blocks of the pages of an open ``pypdfium2.PdfDocument``, blocks in reading order.
+
+    A page where no gutter shows (a page of figures and captions) takes the gutter the
+    paper's other pages agree on, unless its own rows run across it; so does a page whose
+    gutter is wider than, and contains, the paper's.
+    """
     numbers = pages or list(range(1, len(pdf) + 1))
-    raw = []
+    pre = []
     for n in numbers:
         page = pdf[n - 1]
-        lines, gutter = page_lines(page, n)
-        raw.append((page.get_width(), page.get_height(), lines, gutter))
+        words = page_words(page)
+        rows = _rows([w for w in words if w["upright"]])
+        width = float(page.get_width())
+        pre.append((page.get_width(), page.get_height(), rows, find_gutter(rows, width), _rotated_lines(words, n)))
+    doc_gutter = _document_gutter([p[3] for p in pre])
+    raw = []
+    for (width, height, rows, gutter, rotated), n in zip(pre, numbers):
+        if gutter is None and doc_gutter is not None and rows and _gutter_fits(rows, doc_gutter):
+            gutter = doc_gutter
+        elif gutter is not None and doc_gutter is not None and gutter[0] - 1 <= doc_gutter[0] and doc_gutter[1] <= gutter[1] + 1:
+            # a page of figures and short lines shows a wider gap than its columns leave:
+            # the columns are where the paper's other pages have them
+            gutter = doc_gutter
+        raw.append((width, height, _split_rows(rows, gutter, n), gutter, rotated))
     drop = _furniture([r[2] for r in raw], [float(r[1]) for r in raw])
     all_lines = [ln for r in raw for ln in r[2] if id(ln) not in drop]
     body = body_font_size(all_lines)
     out = []
-    for (width, height, lines, gutter), n in zip(raw, numbers):
+    for (width, height, lines, gutter, rotated), n in zip(raw, numbers):
         kept = [ln for ln in lines if id(ln) not in drop]
         out.append(
             PageText(
@@ -465,6 +580,7 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
                 gutter=gutter,
                 lines=kept,
                 blocks=reading_order(_group_blocks(kept, body)),
+                rotated=rotated,
             )
         )
     return out

@@ -59,6 +59,9 @@ def _is_body_block(b: Block, body_size: float, span_width: float) -> bool:
     body_font = abs(b.size - body_size) <= 1.3
     if len(b.lines) >= 2 and body_font and width >= 0.5 * span_width and n_words >= 12:
         return True
+    # wrapped prose in smaller type (a reference list, footnotes) is no figure's text either
+    if len(b.lines) >= 2 and abs(b.size - body_size) <= 2.5 and width >= 0.7 * span_width and n_words >= 12:
+        return True
     return len(b.lines) == 1 and body_font and width >= 0.75 * span_width and n_words >= 8
 
 
@@ -68,9 +71,11 @@ def _column_span(page: PageText, column: int) -> tuple[float, float]:
     right = max((ln.x1 for ln in xs), default=page.width)
     if page.gutter is None or column == 0:
         return (min(left, 0.08 * page.width), max(right, 0.92 * page.width))
+    # the gutter band is measured from rows with a gap there: a column may reach into it
+    mid = (page.gutter[0] + page.gutter[1]) / 2
     if column == 1:
-        return (min(left, 0.08 * page.width), page.gutter[0])
-    return (page.gutter[1], max(right, 0.92 * page.width))
+        return (min(left, 0.08 * page.width), max(page.gutter[0], mid - 1))
+    return (min(page.gutter[1], mid + 1), max(right, 0.92 * page.width))
 
 
 # ---- clustering ---------------------------------------------------------------------
@@ -125,8 +130,13 @@ def _page_context(page: PageText, graphics: list[Graphic], body_size: float, min
         ):
             body_blocks.append(b)
     body = [b.bbox for b in body_blocks]
+    if len(page.lines) >= 10:
+        # graphics wholly in a side margin, beyond every line of text (a publisher's logo
+        # beside a rotated copyright line), are page furniture
+        left, right = min(ln.x0 for ln in page.lines), max(ln.x1 for ln in page.lines)
+        clusters = [c for c in clusters if left - 2 <= c[2] and c[0] <= right + 2]
     body_line_ids = {id(ln) for b in body_blocks for ln in b.lines}
-    figure_text = [ln for ln in page.lines if id(ln) not in body_line_ids]
+    figure_text = [ln for ln in page.lines if id(ln) not in body_line_ids] + list(page.rotated)
     # graphics that sit inside a running-text block are inline symbols, not figures
     clusters = [c for c in clusters if not any(_inside(c, bb, 0.8) for bb in body)]
     return _PageContext(page, graphics, clusters, body, figure_text, captions, min_size)
@@ -163,9 +173,14 @@ def _free_band(ctx: _PageContext, cap: Block, direction: str, span: tuple[float,
             bx0, bx1 = cb[2], ctx.page.width
         if bx1 - bx0 < 40:
             return None
-        # running text level with the caption closes the band sideways
+        # running text level with the caption closes the band sideways (text that only
+        # overlaps a tall caption's first or last lines is above or below the figure)
+        def level(b: Box) -> bool:
+            overlap = min(b[3], cb[3]) - max(b[1], cb[1])
+            return overlap > 1 and overlap >= 0.5 * min(b[3] - b[1], cb[3] - cb[1])
+
         for b in blockers:
-            if b[2] > bx0 + 2 and b[0] < bx1 - 2 and b[3] > cb[1] + 1 and b[1] < cb[3] - 1:
+            if b[2] > bx0 + 2 and b[0] < bx1 - 2 and level(b):
                 if direction == "left":
                     bx0 = max(bx0, b[2])
                 else:
@@ -177,33 +192,68 @@ def _free_band(ctx: _PageContext, cap: Block, direction: str, span: tuple[float,
         for b in blockers:
             # side captions stacked one above another split the page between their figures
             if (b[2] > bx0 + 2 and b[0] < bx1 - 2) or b in stacked:
-                if b[3] <= cb[1] + 1:
+                if b[3] <= cb[1] + 1 or (b[1] + b[3] < cb[1] + cb[3] and not level(b)):
                     top = max(top, b[3])
-                elif b[1] >= cb[3] - 1:
+                elif b[1] >= cb[3] - 1 or not level(b):
                     bottom = min(bottom, b[1])
         return (bx0, top, bx1, bottom)
     raise ValueError(direction)
 
 
-def _claim(ctx: _PageContext, band: Box, taken: set[int]) -> list[int]:
-    """Indices of clusters that lie mostly inside ``band``."""
+def _closing_blockers(ctx: _PageContext, cap: Block, band: Box, direction: str) -> list[Box]:
+    """Text boxes that close ``band`` on its far side(s): a cluster level with one of them and
+    reaching past the band's edge sits beside that text, so it is not this caption's figure."""
+    blockers = [b for b in ctx.body if b != cap.bbox] + [c.bbox for c in ctx.captions if c is not cap]
+    above = direction in ("above", "left", "right")
+    below = direction in ("below", "left", "right")
+    return [b for b in blockers if (above and abs(b[3] - band[1]) < 0.5) or (below and abs(b[1] - band[3]) < 0.5)]
+
+
+def _claim(ctx: _PageContext, band: Box, cap: Block | None = None, direction: str | None = None) -> list[int]:
+    """Indices of clusters that lie mostly inside ``band`` (and, given the caption and the
+    direction, on the far side of the caption and not beside the text that closes the band)."""
+    closing = _closing_blockers(ctx, cap, band, direction) if cap is not None else []
+    cb = cap.bbox if cap is not None else None
     out = []
     for i, c in enumerate(ctx.clusters):
-        if i in taken:
-            continue
         inter = box_intersection(c, band)
         if inter is None:
             continue
-        if box_area(inter) >= 0.5 * box_area(c) or (
-            # a wide figure under a one-column caption: the cluster reaches out of the band
-            inter[3] - inter[1] >= 0.8 * (c[3] - c[1]) and inter[2] - inter[0] >= 0.3 * (c[2] - c[0])
+        if not (
+            box_area(inter) >= 0.5 * box_area(c)
+            or (
+                # a wide figure under a one-column caption: the cluster reaches out of the band
+                inter[3] - inter[1] >= 0.8 * (c[3] - c[1]) and inter[2] - inter[0] >= 0.3 * (c[2] - c[0])
+            )
         ):
-            out.append(i)
+            continue
+        if cb is not None:
+            quarter = 0.25 * (cb[2] - cb[0])
+            beyond = {
+                "above": c[3] <= cb[3] + 2,
+                "below": c[1] >= cb[1] - 2,
+                # a figure beside the caption reaches under it by a quarter of its width at most
+                "left": c[2] <= cb[0] + quarter,
+                "right": c[0] >= cb[2] - quarter,
+            }[direction]
+            # level with the caption and beside it: a side figure, not one above or below
+            level = min(c[3], cb[3]) - max(c[1], cb[1]) > 0.5 * (cb[3] - cb[1])
+            beside = c[2] <= cb[0] + 2 or c[0] >= cb[2] - 2
+            if not beyond or (direction in ("above", "below") and level and beside):
+                continue
+            # (a cluster drawn across that text itself is rather a path that runs on unseen
+            # under it, as before)
+            crosses = (c[1] < band[1] - 6 or c[3] > band[3] + 6) and any(
+                min(c[3], b[3]) - max(c[1], b[1]) > 2 and box_intersection(c, b) is None for b in closing
+            )
+            if crosses:
+                continue
+        out.append(i)
     return out
 
 
 def _nearest_run(ctx: _PageContext, idx: list[int], cap: Block, direction: str) -> list[int]:
-    """Keep the clusters that form one contiguous figure next to the caption.
+    """The clusters that form one contiguous figure next to the caption, nearest first.
 
     Walks away from the caption and stops at a whitespace gap much larger than the gaps
     inside the figure (two figures stacked in one free band are then told apart).
@@ -211,17 +261,26 @@ def _nearest_run(ctx: _PageContext, idx: list[int], cap: Block, direction: str) 
     if not idx:
         return []
     cb = cap.bbox
+    cx = (cb[0] + cb[2]) / 2
+    cy = (cb[1] + cb[3]) / 2
+
+    def across(i: int) -> float:  # distance across the walking direction, to break ties
+        c = ctx.clusters[i]
+        if direction in ("above", "below"):
+            return max(c[0] - cx, cx - c[2], 0.0)
+        return max(c[1] - cy, cy - c[3], 0.0)
+
     if direction == "above":
-        order = sorted(idx, key=lambda i: -ctx.clusters[i][3])
+        order = sorted(idx, key=lambda i: (-ctx.clusters[i][3], across(i)))
         dist = lambda b: cb[1] - b[3]  # noqa: E731
     elif direction == "below":
-        order = sorted(idx, key=lambda i: ctx.clusters[i][1])
+        order = sorted(idx, key=lambda i: (ctx.clusters[i][1], across(i)))
         dist = lambda b: b[1] - cb[3]  # noqa: E731
     elif direction == "left":
-        order = sorted(idx, key=lambda i: -ctx.clusters[i][2])
+        order = sorted(idx, key=lambda i: (-ctx.clusters[i][2], across(i)))
         dist = lambda b: cb[0] - b[2]  # noqa: E731
     else:
-        order = sorted(idx, key=lambda i: ctx.clusters[i][0])
+        order = sorted(idx, key=lambda i: (ctx.clusters[i][0], across(i)))
         dist = lambda b: b[0] - cb[2]  # noqa: E731
     first = ctx.clusters[order[0]]
     if dist(first) > 0.45 * ctx.page.height:
@@ -230,10 +289,36 @@ def _nearest_run(ctx: _PageContext, idx: list[int], cap: Block, direction: str) 
     union = first
     for i in order[1:]:
         c = ctx.clusters[i]
-        if box_gap(union, c) <= 40 or _overlap_1d(union, c, direction):
+        if box_gap(union, c) <= 40 or _overlap_1d(union, c, direction) or _bridged(ctx, union, c, direction):
             keep.append(i)
             union = box_union([union, c])
     return keep
+
+
+def _bridged(ctx: _PageContext, a: Box, b: Box, direction: str, max_blank: float = 24.0) -> bool:
+    """Whether the space between two clusters along the walking direction is filled with the
+    figure's own text (tick labels, axis and panel titles of stacked plots), leaving no blank
+    run longer than ``max_blank``."""
+    vertical = direction in ("above", "below")
+    lo, hi = (min(a[3], b[3]), max(a[1], b[1])) if vertical else (min(a[2], b[2]), max(a[0], b[0]))
+    if hi - lo > 120:
+        return False
+    spans = []
+    for ln in ctx.figure_text:
+        lb = ln.bbox
+        across = (min(lb[2], a[2], b[2]) - max(lb[0], a[0], b[0])) if vertical else (min(lb[3], a[3], b[3]) - max(lb[1], a[1], b[1]))
+        if across > 0:
+            spans.append((lb[1], lb[3]) if vertical else (lb[0], lb[2]))
+    pos = lo
+    for s0, s1 in sorted(spans):
+        if s1 <= pos:
+            continue
+        if s0 > hi:
+            break
+        if s0 - pos > max_blank:
+            return False
+        pos = max(pos, s1)
+    return hi - pos <= max_blank
 
 
 def _overlap_1d(a: Box, b: Box, direction: str) -> bool:
@@ -244,7 +329,12 @@ def _overlap_1d(a: Box, b: Box, direction: str) -> bool:
 
 
 def _attach_text(ctx: _PageContext, box: Box, band: Box, cap: Block) -> Box:
-    """Grow a figure box by its own text (axis labels, legends, panel letters)."""
+    """Grow a figure box by its own text (axis labels and titles, legends, panel letters).
+
+    A figure's text lies level with its graphics, across or along: a line below them that
+    starts well left of them (the next text on the page) is not the figure's."""
+    g = box
+    rotated = {id(ln) for ln in ctx.page.rotated}
     changed = True
     while changed:
         changed = False
@@ -252,77 +342,142 @@ def _attach_text(ctx: _PageContext, box: Box, band: Box, cap: Block) -> Box:
             lb = ln.bbox
             if _inside(lb, box, 0.99) or not _inside(lb, band, 0.6):
                 continue
+            tol = max(ln.size, 6.0)
+            along_x = lb[0] >= g[0] - tol and lb[2] <= g[2] + tol
+            along_y = lb[1] >= g[1] - tol and lb[3] <= g[3] + tol
+            if not (along_x or along_y):
+                continue
             if any(_inside(lb, c.bbox, 0.5) for c in ctx.captions):
                 continue
-            if box_gap(lb, box) <= max(1.2 * ln.size, 8.0):
+            # a rotated axis title may stand off the axis by the width of the tick labels
+            reach = 3.0 * ln.size if id(ln) in rotated else max(1.2 * ln.size, 8.0)
+            if box_gap(lb, box) <= reach:
                 box = box_union([box, lb])
                 changed = True
     return box
 
 
-def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
-    """Pair every caption on the page with the graphics it describes."""
-    candidates = []
+@dataclass
+class _Candidate:
+    cap: Block
+    direction: str
+    band: Box
+    idx: list[int]  # clusters, nearest first
+    score: float
+
+
+def _score(ctx: _PageContext, cap: Block, direction: str, box: Box) -> float:
+    cb = cap.bbox
+    gap = {"above": cb[1] - box[3], "below": box[1] - cb[3], "left": cb[0] - box[2], "right": box[0] - cb[2]}[direction]
+    # prefer a figure above its caption, then below, then beside; nearer is better
+    prior = {"above": 1.0, "below": 0.5, "left": 0.45, "right": 0.4}[direction]
+    return prior * (1.0 / (1.0 + max(gap, 0.0) / 60.0)) * min(1.0, box_area(box) / 5000.0) ** 0.25
+
+
+def _candidates(ctx: _PageContext) -> list[_Candidate]:
+    """Every caption's figure candidates: the run of clusters in each direction, and its
+    shorter prefixes that stop before a cluster another caption's run also reaches."""
+    runs = []
     for cap in ctx.captions:
         span = _column_span(ctx.page, cap.column)
-        directions = ["above", "below", "left", "right"]
-        for d in directions:
+        for d in ("above", "below", "left", "right"):
             band = _free_band(ctx, cap, d, span)
             if band is None:
                 continue
-            idx = _nearest_run(ctx, _claim(ctx, band, set()), cap, d)
+            idx = _nearest_run(ctx, _claim(ctx, band, cap, d), cap, d)
             if not idx:
                 continue
             box = box_union(ctx.clusters[i] for i in idx)
-            cb = cap.bbox
-            # a figure "below" its caption starts below the caption's top, and so on
-            beyond = {"above": box[3] <= cb[3] + 2, "below": box[1] >= cb[1] - 2, "left": box[2] <= cb[2] + 2, "right": box[0] >= cb[0] - 2}
-            if not beyond[d]:
+            # a side figure must face the caption vertically
+            facing = min(box[3], cap.bbox[3]) - max(box[1], cap.bbox[1]) >= 0.3 * (cap.bbox[3] - cap.bbox[1])
+            if d in ("left", "right") and not facing:
                 continue
-            if d in ("left", "right"):
-                # a side figure must face the caption vertically
-                if min(box[3], cap.bbox[3]) - max(box[1], cap.bbox[1]) < 0.3 * (cap.bbox[3] - cap.bbox[1]):
-                    continue
-            gap = {
-                "above": cap.bbox[1] - box[3],
-                "below": box[1] - cap.bbox[3],
-                "left": cap.bbox[0] - box[2],
-                "right": box[0] - cap.bbox[2],
-            }[d]
-            # prefer a figure above its caption, then below, then beside; nearer is better
-            prior = {"above": 1.0, "below": 0.5, "left": 0.45, "right": 0.4}[d]
-            score = prior * (1.0 / (1.0 + max(gap, 0.0) / 60.0)) * min(1.0, box_area(box) / 5000.0) ** 0.25
-            candidates.append((score, cap, d, band, idx))
-    # greedy assignment: best (caption, direction) first; a cluster belongs to one figure
-    candidates.sort(key=lambda c: -c[0])
-    taken: set[int] = set()
-    done: set[int] = set()
-    regions: dict[int, FigureRegion] = {}
-    for score, cap, d, band, idx in candidates:
-        if id(cap) in done:
-            continue
-        free = [i for i in idx if i not in taken]
-        if not free or len(free) < len(idx) * 0.5:
-            continue
-        taken.update(free)
-        done.add(id(cap))
-        box = _attach_text(ctx, box_union(ctx.clusters[i] for i in free), band, cap)
-        position = {"above": "below", "below": "above", "left": "side", "right": "side"}[d]
-        regions[id(cap)] = FigureRegion(
-            label=cap.label or "",
-            page=ctx.page.page,
-            caption=cap.text,
-            caption_box=cap.bbox,
-            box=box,
-            caption_position=position,
-            panels=[Panel(ctx.clusters[i]) for i in free],
-            score=score,
-        )
+            runs.append((cap, d, band, idx))
+    reach: dict[int, set[int]] = {}
+    for cap, _, _, idx in runs:
+        for i in idx:
+            reach.setdefault(i, set()).add(id(cap))
+    out = []
+    for cap, d, band, idx in runs:
+        cuts = {len(idx)} | {k for k in range(1, len(idx)) if len(reach[idx[k]]) > 1}
+        for k in sorted(cuts):
+            sub = idx[:k]
+            out.append(_Candidate(cap, d, band, sub, _score(ctx, cap, d, box_union(ctx.clusters[i] for i in sub))))
+    return out
+
+
+def _assign(ctx: _PageContext, candidates: list[_Candidate], max_nodes: int = 20000) -> dict[int, _Candidate]:
+    """Choose at most one candidate per caption, no cluster used twice and no two figure boxes
+    overlapping: as many captions with a
+    figure as possible, then the best total score, then as much of the page's graphics covered
+    (a run rather than its prefix when nothing else wants the rest), then the clusters nearest
+    their captions."""
+    by_cap: dict[int, list[_Candidate]] = {}
+    for c in candidates:
+        by_cap.setdefault(id(c.cap), []).append(c)
+    caps = sorted(by_cap, key=lambda k: len(by_cap[k]))
+    for k in caps:
+        by_cap[k].sort(key=lambda c: -c.score)
+    area = [box_area(c) for c in ctx.clusters]
+    best: list = [(-1, -1.0, -1.0, 0.0), {}]
+    nodes = 0
+
+    def key(chosen: dict[int, _Candidate]) -> tuple[int, float, float, float]:
+        covered = sum(area[i] for c in chosen.values() for i in c.idx)
+        # last: each cluster with the nearer caption (a panel row under a wide caption is that
+        # caption's, not the figure's further down whose run also reaches it)
+        far = sum(box_gap(ctx.clusters[i], c.cap.bbox) for c in chosen.values() for i in c.idx)
+        return (len(chosen), round(sum(c.score for c in chosen.values()), 3), round(covered, 1), -round(far, 1))
+
+    def dfs(pos: int, used: set[int], chosen: dict[int, _Candidate]) -> None:
+        nonlocal nodes
+        nodes += 1
+        if len(chosen) + (len(caps) - pos) < best[0][0] or nodes > max_nodes:
+            return
+        if pos == len(caps):
+            k = key(chosen)
+            if k > best[0]:
+                best[0], best[1] = k, dict(chosen)
+            return
+        cap_id = caps[pos]
+        for c in by_cap[cap_id]:
+            if used.isdisjoint(c.idx) and not clashes(c, chosen):
+                chosen[cap_id] = c
+                dfs(pos + 1, used | set(c.idx), chosen)
+                del chosen[cap_id]
+        dfs(pos + 1, used, chosen)
+
+    boxes = {id(c): box_union(ctx.clusters[i] for i in c.idx) for c in candidates}
+
+    def clashes(c: _Candidate, chosen: dict[int, _Candidate]) -> bool:
+        # figures do not overlap: a run that reaches around another figure is not one figure
+        b = boxes[id(c)]
+        for o in chosen.values():
+            inter = box_intersection(b, boxes[id(o)])
+            if inter is not None and box_area(inter) > 0.02 * min(box_area(b), box_area(boxes[id(o)])):
+                return True
+        return False
+
+    dfs(0, set(), {})
+    if nodes > max_nodes:  # too many combinations: greedy, best score first
+        chosen, used = {}, set()
+        for c in sorted(candidates, key=lambda c: -c.score):
+            if id(c.cap) not in chosen and used.isdisjoint(c.idx) and not clashes(c, chosen):
+                chosen[id(c.cap)] = c
+                used.update(c.idx)
+        if key(chosen) > best[0]:
+            return chosen
+    return best[1]
+
+
+def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
+    """Pair every caption on the page with the graphics it describes."""
+    chosen = _assign(ctx, _candidates(ctx))
     out = []
     for cap in ctx.captions:
-        out.append(
-            regions.get(
-                id(cap),
+        c = chosen.get(id(cap))
+        if c is None:
+            out.append(
                 FigureRegion(
                     label=cap.label or "",
                     page=ctx.page.page,
@@ -330,7 +485,20 @@ def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
                     caption_box=cap.bbox,
                     box=None,
                     caption_position="none",
-                ),
+                )
+            )
+            continue
+        box = _attach_text(ctx, box_union(ctx.clusters[i] for i in c.idx), c.band, cap)
+        out.append(
+            FigureRegion(
+                label=cap.label or "",
+                page=ctx.page.page,
+                caption=cap.text,
+                caption_box=cap.bbox,
+                box=box,
+                caption_position={"above": "below", "below": "above", "left": "side", "right": "side"}[c.direction],
+                panels=[Panel(ctx.clusters[i]) for i in c.idx],
+                score=c.score,
             )
         )
     return out

@@ -42,6 +42,50 @@ def test_score_figures_counts():
     assert s["n_figures"] == 3 and s["n_figures_with_box"] == 2
 
 
+def test_sem_scores_over_matched_figures_with_sem_truth():
+    docs = [
+        {
+            "pdf": "s.pdf",
+            "gt_kind": "synthetic",
+            "figures": [
+                {"kind": "figure", "label": "1", "page": 1, "caption": "a", "is_sem": True},
+                {"kind": "figure", "label": "2", "page": 1, "caption": "b", "is_sem": True},
+                {"kind": "figure", "label": "3", "page": 2, "caption": "c", "is_sem": False},
+                {"kind": "figure", "label": "4", "page": 2, "caption": "d", "is_sem": False},
+                {"kind": "figure", "label": "5", "page": 3, "caption": "e", "is_sem": True},
+            ],
+        }
+    ]
+    box = [0, 0, 10, 10]
+    preds = {
+        "s.pdf": [
+            {"page": 1, "label": "1", "figure_bbox": box, "caption": "a", "is_sem": True},  # tp
+            {"page": 1, "label": "2", "figure_bbox": box, "caption": "b", "is_sem": False},  # fn
+            {"page": 2, "label": "3", "figure_bbox": box, "caption": "c", "is_sem": True},  # fp
+            {"page": 2, "label": "4", "figure_bbox": box, "caption": "d", "is_sem": False},  # tn
+            {"page": 3, "label": "5", "figure_bbox": None, "caption": "e", "is_sem": True},  # no region: not scored
+            {"page": 3, "label": "9", "figure_bbox": box, "caption": "x", "is_sem": True},  # unmatched: not scored
+        ]
+    }
+    s = score_figures(docs, preds)
+    assert s["sem_figures"] == 4
+    assert s["sem_accuracy"] == 0.5 and s["sem_precision"] == 0.5 and s["sem_recall"] == 0.5
+    assert s["sem_errors"] == ["s.pdf:1:2:fn", "s.pdf:2:3:fp"]
+    # no SEM truth (the shared real set): no SEM keys
+    assert "sem_accuracy" not in score_figures(DOCS, {"a.pdf": []})
+
+
+def test_figures_benchmark_on_a_small_generated_corpus(tmp_path):
+    from glassllava.synth import generate_corpus
+
+    manifest = generate_corpus(tmp_path / "corpus", papers=2, seed=3)
+    result = run_figures_benchmark(manifest, dpi=72)
+    assert result["pair_precision"] >= 0.99 and result["pair_recall"] >= 0.99
+    assert result["strict_f1_iou50"] >= 0.97
+    assert result["sem_figures"] == result["n_figures"]
+    assert result["sem_accuracy"] >= 0.9
+
+
 def test_caption_similarity_ignores_case_punctuation_and_cid():
     assert caption_similarity("FIG. 1. (cid:2)Color online(cid:3) TEM", "Fig 1 Color online TEM") == 1.0
     assert caption_similarity("Fig. 1. Cracks", "Fig. 2. Something else entirely") < 0.6

@@ -243,3 +243,190 @@ def test_split_raster_panels_at_white_gutters():
 )
 def test_caption_panel_letters(caption, letters):
     assert caption_panel_letters(caption) == letters
+
+
+# ---- layouts of the generated corpus that used to fail ------------------------------------
+
+
+def _axes_plot(p: Page, box: tuple, ylabel: str = "Intensity (a.u.)") -> None:
+    """A plot as journals draw them: frame, x tick labels and title below, a rotated y title
+    on the left standing well off the frame (unlabelled y ticks); everything inside ``box``."""
+    x0, t, x1, b = box
+    c = p.c
+    fx0, fb = x0 + 24, b - 22
+    c.setLineWidth(0.6)
+    c.rect(fx0, H - fb, x1 - 2 - fx0, fb - t - 2)
+    c.setFont("Times-Roman", 7)
+    for i in range(5):
+        xx = fx0 + 6 + i * (x1 - fx0 - 20) / 4
+        c.line(xx, H - fb, xx, H - fb + 3)
+        c.drawCentredString(xx, H - fb - 9, str(10 + 10 * i))
+    c.drawCentredString((fx0 + x1) / 2, H - b + 2, "2 theta (degrees)")
+    c.saveState()
+    c.translate(x0 + 7, H - (t + fb) / 2)
+    c.rotate(90)
+    c.drawCentredString(0, 0, ylabel)
+    c.restoreState()
+    path = c.beginPath()
+    for i in range(40):
+        xx = fx0 + 2 + i * (x1 - fx0 - 6) / 39
+        yy = (t + fb) / 2 + (fb - t) * 0.3 * np.sin(i / 4)
+        (path.moveTo if i == 0 else path.lineTo)(xx, H - yy)
+    c.drawPath(path, stroke=1, fill=0)
+
+
+def _body_lines(p: Page, x: float, top: float, width: float, bottom: float, size: float = 10) -> None:
+    p.paragraph(x, top, width, int((bottom - top) // (size * 1.2)), size)
+
+
+def test_two_plots_stacked_in_one_column_with_captions_below_each(tmp_path):
+    """synth_0_0006 p2: in the right column of a two-column page a vector plot above its
+    caption and, 10 pt below, the next plot above its own caption; the left column is text."""
+
+    def draw(p, truth):
+        _body_lines(p, 50, 60, 235, 780)
+        truth["3"] = (310, 60, 545, 230)
+        _axes_plot(p, truth["3"], "Heat flow (a.u.)")
+        p.text(310, 236, "Fig. 3. DSC curves of the as annealed glass measured at different", 8.5)
+        p.text(310, 246.2, "heating rates.", 8.5)
+        truth["4"] = (310, 266, 545, 436)
+        _axes_plot(p, truth["4"])
+        p.text(310, 442, "Fig. 4. XRD patterns of the samples (Cu K alpha radiation).", 8.5)
+        _body_lines(p, 310, 470, 235, 780)
+
+    path, truth = _pdf(tmp_path, draw)
+    regions = _regions(path)
+    for label in ("3", "4"):
+        assert box_iou(regions[label].box, truth[label]) > 0.93, (label, regions[label].box)
+        assert regions[label].caption_position == "below"
+    assert regions["3"].caption.endswith("at different heating rates.")
+
+
+def test_side_figure_then_caption_above_the_next_figure(tmp_path):
+    """synth_0_0011 p3 / synth_0_0009 p4: a figure with its caption beside it, then a
+    full-width caption above the next figure: the free band above that caption reaches up to
+    the side caption, and the side figure beside it is not the lower caption's."""
+
+    def draw(p, truth):
+        truth["2"] = (63, 70, 330, 262)
+        p.image(truth["2"], seed=2)
+        for i, line in enumerate(["Fig. 2. Secondary electron image of the", "soda-lime glass melted at 1500 C for 4 h", "showing a homogeneous glass."]):
+            p.text(342, 70 + 10.8 * i, line, 9)
+        for i, line in enumerate(
+            [
+                "Fig. 3. SEM micrographs of the samples: (a) the glass heat treated at 780 C for 4 h, showing large",
+                "dendritic crystals and a few scratches; (b) the glass heat treated at 780 C for 24 h, showing bulk",
+                "crystallisation with spherulitic crystals.",
+            ]
+        ):
+            p.text(63, 272 + 10.8 * i, line, 9)
+        truth["3"] = (100, 324, 513, 600)
+        p.image(truth["3"], seed=3)
+        # a reference list in small type under the figure is no part of it
+        for i in range(6):
+            p.text(63, 612 + 10.2 * i, f"[{i + 7}] A. Author, B. Author, Journal of Synthetic Glass Science {100 + i} (1999) 1.", 8.5)
+
+    path, truth = _pdf(tmp_path, draw)
+    regions = _regions(path)
+    assert box_iou(regions["2"].box, truth["2"]) > 0.95 and regions["2"].caption_position == "side"
+    assert box_iou(regions["3"].box, truth["3"]) > 0.95 and regions["3"].caption_position == "above"
+
+
+def test_wide_two_panel_figure_with_caption_above_and_a_column_figure_below_it(tmp_path):
+    """synth_0_0005 p2 / synth_3_0007 p2: a caption above a two-panel figure that spans both
+    columns, 10 pt above a one-column figure with its caption below: each panel row stays with
+    the wide caption, not with the run of the figure below."""
+
+    def draw(p, truth):
+        p.text(50, 56, "Figure 1. (a) DSC curves of the glass at different heating rates; (b) XRD patterns.", 9)
+        a, b = (110, 74, 295, 223), (322, 74, 507, 223)
+        _axes_plot(p, a, "Heat flow")
+        _axes_plot(p, b)
+        truth["1"] = (110, 74, 507, 223)
+        truth["2"] = (50, 233, 290, 480)
+        p.image(truth["2"], seed=7)
+        p.text(50, 486, "Figure 2. SEM image of the polished reference glass.", 9)
+        _body_lines(p, 50, 510, 240, 780)
+        _body_lines(p, 305, 240, 240, 780)
+
+    path, truth = _pdf(tmp_path, draw)
+    regions = _regions(path)
+    assert box_iou(regions["1"].box, truth["1"]) > 0.93, regions["1"].box
+    assert regions["1"].caption_position == "above"
+    assert box_iou(regions["2"].box, truth["2"]) > 0.95, regions["2"].box
+
+
+def test_page_of_figures_in_a_two_column_paper(tmp_path):
+    """synth_0_0004 p3: a page with only figures and captions shows no gutter; it takes the
+    paper's. Left column: a caption above its figure (whose '(a)' sits just under the caption)
+    and a figure above its caption; right column: a figure above its caption."""
+    path = tmp_path / "paper.pdf"
+    c = canvas.Canvas(str(path), pagesize=A4, invariant=1)
+    p = Page(c)
+    for _ in range(2):  # two pages of two-column text fix the paper's gutter
+        _body_lines(p, 52, 60, 244, 780)
+        _body_lines(p, 315, 60, 244, 780)
+        c.showPage()
+    truth = {}
+    p.text(52, 66, "Fig. 3. SEM micrographs of the samples after corrosion in water", 8.5)
+    p.text(52, 76.2, "at 60 C for 28 days: (a) the leached layer; (b) the bulk glass.", 8.5)
+    truth["3"] = (52, 86, 297, 300)
+    p.image(truth["3"], seed=3)
+    c.setFillColorRGB(1, 1, 1)
+    c.rect(52, H - 86 - 11, 16, 11, stroke=0, fill=1)
+    c.setFillColorRGB(0, 0, 0)
+    p.text(54, 87, "(a)", 8.5, "Helvetica-Bold")
+    truth["4"] = (52, 326, 297, 536)
+    p.image(truth["4"], seed=4)
+    p.text(52, 542, "Fig. 4. Surface crystals after 24 h at 700 C.", 8.5)
+    truth["5"] = (315, 66, 560, 277)
+    p.image(truth["5"], seed=5)
+    p.text(315, 283, "Fig. 5. Bulk crystallisation with spherulitic crystals after the", 8.5)
+    p.text(315, 293.2, "second heat treatment at 780 C for 24 h.", 8.5)
+    c.showPage()
+    c.save()
+    regions = {r.label: r for r in extract_figure_regions(pdfium.PdfDocument(str(path)))}
+    for label in ("3", "4", "5"):
+        assert regions[label].page == 3
+        assert box_iou(regions[label].box, truth[label]) > 0.95, (label, regions[label].box)
+    assert regions["3"].caption_position == "above" and regions["3"].caption.endswith("(b) the bulk glass.")
+
+
+def test_tall_side_caption_with_text_below_the_figure_and_a_margin_logo(tmp_path):
+    """A Nature-style page: a tall caption in the left column beside a figure in the right,
+    the right column's text starting under the figure, level with the caption's last lines;
+    a publisher's logo in the left margin is no figure."""
+
+    def draw(p, truth):
+        p.text(60, 70, "Figure 1 Ephaptic coupling leads to coordinated", 8)
+        for i in range(1, 34):
+            p.text(60, 70 + 10.5 * i, f"spiking of neurons, caption line {i} of the legend.", 8)
+        truth["1"] = (250, 70, 545, 400)
+        p.image(truth["1"], seed=11)
+        p.c.rect(12, H - 520, 18, 18, stroke=1, fill=1)  # the logo in the margin
+        _body_lines(p, 250, 412, 295, 780)
+        _body_lines(p, 60, 440, 180, 780)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["1"]
+    assert r.box is not None and box_iou(r.box, truth["1"]) > 0.95, r.box
+    assert r.caption_position == "side"
+
+
+def test_plots_stacked_with_their_titles_and_tick_labels_between_them_are_one_figure(tmp_path):
+    """Three plots stacked above one caption, 40+ pt apart but the space between them filled
+    with their tick labels and titles (mineru_demo2 Fig. 3)."""
+
+    def draw(p, truth):
+        _body_lines(p, 50, 60, 235, 780)
+        tops = (70, 175, 280)
+        for k, t in enumerate(tops):
+            p.text(400, t - 12, f"Noise: {20 * k}", 8)
+            _axes_plot(p, (330, t, 545, t + 75))
+        truth["3"] = (330, 58, 545, 355)
+        p.text(310, 365, "Figure 3: Performance of temporal matching at different noise levels.", 8.5)
+        _body_lines(p, 310, 390, 235, 780)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["3"]
+    assert box_iou(r.box, truth["3"]) > 0.9, r.box

@@ -7,7 +7,13 @@ import pytest
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
-from glassllava.pdflines import caption_label, clean_text, extract_pages
+from glassllava.pdflines import (
+    _document_gutter,
+    _rows,
+    caption_label,
+    clean_text,
+    extract_pages,
+)
 
 
 @pytest.mark.parametrize(
@@ -22,7 +28,9 @@ from glassllava.pdflines import caption_label, clean_text, extract_pages
         ("Figure 7-26. Self-locking nuts.", "7-26"),
         ("Fig. S2. Supplementary image.", "S2"),
         ("Fig. 3", "3"),
+        ("Fig. 1 (a) DSC curves; (b) XRD patterns.", "1"),
         ("Fig. 3 shows the crack network", None),
+        ("Fig. 1 (a) shows the crack network", None),
         ("Fig. 13(a) shows bubbles", None),
         ("Figures 11-13. The peak", None),
         ("Figure 3-5 shows the difference", None),
@@ -73,3 +81,55 @@ def test_two_columns_are_split_and_read_left_then_right(tmp_path):
     last_left = max(i for i, t in enumerate(order) if "Left column line 29" in t)
     assert last_left < first_right
     assert page.blocks[0].kind == "heading"
+
+
+def _word(text, x0, top, bottom, size):
+    return {"text": text, "x0": x0, "x1": x0 + 5.0 * len(text), "top": top, "bottom": bottom, "size": size, "upright": True}
+
+
+def test_two_caption_lines_beside_one_taller_body_line_stay_two_rows():
+    """A two-line caption in 8.5 pt type beside a 10 pt body line of the other column: both
+    caption lines overlap the body line by half their height (synth_0_0002 Fig. 5, whose words
+    came out interleaved: "Fig. water 5 at SEM 40 ...")."""
+    body = [_word(w, 47 + 40 * i, 519.3, 529.5, 10.0) for i, w in enumerate(["essential", "to", "obtain", "glasses"])]
+    first = [_word(w, 305 + 40 * i, 515.0, 524.1, 8.5) for i, w in enumerate(["Fig.", "5", "SEM", "micrograph"])]
+    second = [_word(w, 305 + 40 * i, 524.6, 533.6, 8.5) for i, w in enumerate(["water", "at", "40", "days"])]
+    rows = _rows(body + first + second)
+    texts = [[w["text"] for w in r] for r in rows]
+    row_of = {w: k for k, r in enumerate(texts) for w in r}
+    assert row_of["Fig."] == row_of["micrograph"] != row_of["water"] == row_of["days"]
+    # a sub- or superscript still joins its line
+    sup = _rows([_word("10", 222, 699.6, 708.9, 9.3), _word("-26", 235, 698.1, 704.8, 7.0), _word("With", 281, 700.5, 708.5, 9.0)])
+    assert len(sup) == 1
+
+
+def test_document_gutter_is_the_band_the_pages_share():
+    assert _document_gutter([(299.0, 313.0), (249.0, 313.0), None]) == (299.0, 313.0)
+    assert _document_gutter([None, None, (300.0, 310.0)]) is None  # one page is no consensus
+    assert _document_gutter([(280.0, 300.0), (350.0, 370.0), (282.0, 301.0)]) is None  # no agreement
+
+
+def test_full_width_caption_keeps_its_short_last_line_and_a_column_caption_ends_before_its_gutter(tmp_path):
+    """A full-width caption whose last line fits in the left column, on a two-column page;
+    a page of two-column text elsewhere fixes the paper's gutter."""
+    path = tmp_path / "cap.pdf"
+    H = A4[1]
+    c = canvas.Canvas(str(path), pagesize=A4, invariant=1)
+    c.setFont("Times-Roman", 10)
+    for i in range(40):
+        c.drawString(60, H - 80 - 12 * i, f"Left column line {i} of the melting description.")
+        c.drawString(310, H - 80 - 12 * i, f"Right column line {i} about annealing.")
+    c.showPage()
+    c.setFont("Times-Roman", 9)
+    c.drawString(60, H - 270, "Fig. 1. SEM micrographs of the samples: (a) the soda-lime glass melted at 1380 C for 0.5 h showing")
+    c.drawString(60, H - 280.8, "unmolten quartz grains; (b) the soda-lime glass melted at 1560 C for 1 h, showing large gas bubbles")
+    c.drawString(60, H - 291.6, "(seeds); (c) a homogeneous glass.")
+    c.setFont("Times-Roman", 10)
+    for i in range(25):
+        c.drawString(60, H - 320 - 12 * i, f"Left column line {i} of the melting description.")
+        c.drawString(310, H - 320 - 12 * i, f"Right column line {i} about annealing.")
+    c.showPage()
+    c.save()
+    page = extract_pages(pdfium.PdfDocument(str(path)))[1]
+    caps = [b for b in page.blocks if b.kind == "caption"]
+    assert len(caps) == 1 and caps[0].text.endswith("(seeds); (c) a homogeneous glass.")

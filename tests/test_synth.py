@@ -162,7 +162,7 @@ def test_manifest_format(corpus, manifest):
         "name": "glassllava.synth",
         "seed": SEED,
         "papers": N_PAPERS,
-        "version": "1",
+        "version": "2",
     }
     assert len(manifest["documents"]) == N_PAPERS
     for doc in manifest["documents"]:
@@ -340,3 +340,27 @@ def test_micrograph_panels_are_embedded_images(corpus, manifest):
                     and im["bottom"] <= fb + 1
                 ]
                 assert len(inside) == (1 if fig["single_image"] else len(fig["panels"]))
+
+
+def test_figure_box_holds_everything_drawn_for_the_figure(corpus, manifest):
+    """The truth box is the figure's ink: a plot's last tick label, centred on the frame's end,
+    sticks out of the box the plot was drawn in and must still be inside the figure box."""
+    n = 0
+    for doc in manifest["documents"]:
+        with pdfplumber.open(corpus / "pdfs" / doc["pdf"]) as pdf:
+            for fig in doc["figures"]:
+                if fig["kind"] != "figure" or fig["is_sem"]:
+                    continue
+                page = pdf.pages[fig["page"] - 1]
+                fx0, ft, fx1, fb = fig["figure_bbox"]
+                cx0, ct, cx1, cb = fig["caption_bbox"]
+                near = [
+                    c
+                    for c in page.chars
+                    if c["x1"] > fx0 - 6 and c["x0"] < fx1 + 6 and c["bottom"] > ft and c["top"] < fb
+                    and not (c["x0"] >= cx0 - 1 and c["x1"] <= cx1 + 1 and c["top"] >= ct - 1 and c["bottom"] <= cb + 1)
+                ]
+                for c in near:
+                    assert fx0 - 0.5 <= c["x0"] and c["x1"] <= fx1 + 0.5, (doc["pdf"], fig["label"], c["text"])
+                    n += 1
+    assert n > 0

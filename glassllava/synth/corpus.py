@@ -16,7 +16,7 @@ from glassllava.files import atomic_write_bytes, atomic_write_json
 from glassllava.synth.papers import make_paper
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 
 def paper_rng(seed: int, index: int) -> np.random.Generator:

@@ -305,6 +305,9 @@ class Typesetter:
             round(fx + fig_w, 2),
             round(fig_top + fig_h, 2),
         ]
+        for p in panels:  # a plot's ink may reach past its box
+            fig_box[0] = min(fig_box[0], p["bbox"][0])
+            fig_box[2] = max(fig_box[2], p["bbox"][2])
         f.placed = {
             "page": self.page,
             "figure_bbox": fig_box,
@@ -380,9 +383,11 @@ class Typesetter:
                     if p.label:
                         self._panel_label(p.label, b[0], b[1])
                 else:
-                    plots.draw_plot(
+                    ink = plots.draw_plot(
                         self.c, p.plot, tuple(b), self.H, s.body_font, p.label
                     )
+                    # the truth is what was drawn: a tick label may stick out of the box
+                    b[0], b[2] = round(min(b[0], ink[0]), 2), round(max(b[2], ink[2]), 2)
         return [
             {
                 "label": p.label,

@@ -1,7 +1,8 @@
 """Vector plots (XRD patterns, DSC curves) and tables drawn straight onto a reportlab canvas.
 
-Everything is drawn as paths and text inside a given box (top-left origin, PDF points), so the
-figure box in the ground truth is the box handed in. Data come from the sample histories.
+Everything is drawn as paths and text inside a given box (top-left origin, PDF points), except
+a tick label centred on the last tick, which may stick out past the box's right side:
+``draw_plot`` returns the box of what it drew, and the ground truth uses that. Data come from the sample histories.
 """
 
 from __future__ import annotations
@@ -111,8 +112,11 @@ def draw_plot(
     page_h: float,
     font: str,
     label: str | None,
-) -> None:
-    """Draw axes, ticks, labels and curves inside ``box`` = (x0, top, x1, bottom)."""
+) -> tuple[float, float, float, float]:
+    """Draw axes, ticks, labels and curves inside ``box`` = (x0, top, x1, bottom).
+
+    Returns the box of what was drawn: ``box`` widened by a tick label centred on the last
+    tick, which may stick out past the frame's right end by half its width."""
     x0, top, x1, bottom = box
     fs = max(6.0, min(8.0, (x1 - x0) / 28))
     # frame: leave room for the y label (rotated) and tick labels on the left, x label at the bottom
@@ -133,11 +137,14 @@ def draw_plot(
     px = lambda v: fx0 + (v - xlo) / (xhi - xlo) * (fx1 - fx0)
     py = lambda v: fb - (v - ylo) / (yhi - ylo) * (fb - ft)
     c.setFont(font, fs)
+    ink_x0, ink_x1 = x0, x1
     for tv in _nice_ticks(xlo, xhi):
         if xlo <= tv <= xhi:
             c.line(px(tv), Y(fb), px(tv), Y(fb - 3))
             lab = f"{tv:g}"
-            c.drawString(px(tv) - stringWidth(lab, font, fs) / 2, Y(fb + fs + 1), lab)
+            lw = stringWidth(lab, font, fs)
+            c.drawString(px(tv) - lw / 2, Y(fb + fs + 1), lab)
+            ink_x0, ink_x1 = min(ink_x0, px(tv) - lw / 2), max(ink_x1, px(tv) + lw / 2)
     c.drawCentredString((fx0 + fx1) / 2, Y(bottom - 0.25 * fs), data["xlabel"])
     c.saveState()
     c.translate(x0 + fs * 0.8, Y((ft + fb) / 2))
@@ -177,6 +184,7 @@ def draw_plot(
         c.setFont(font, fs + 1)
         c.drawString(fx0 + 3, Y(ft + fs + 3), f"({label})")
     c.restoreState()
+    return (ink_x0, top, ink_x1, bottom)
 
 
 def _offset(data: dict) -> float:
