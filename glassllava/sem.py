@@ -87,8 +87,8 @@ def caption_for_panel(caption: str, panel: str | None) -> str:
     e.g. "SEM images of the samples:") plus the clauses whose markers name ``panel``.
 
     "(a) optical micrograph ...; (b) SEM image ..." with panel "b" gives the lead and "(b) SEM image ...".
-    Ranges ("(a-c)") and lists ("(d, e)") count. Without a panel, or when the caption never names it,
-    the whole caption is returned.
+    Ranges ("(a-c)") and lists ("(d, e)") count. Without a panel, when the caption never names it, or
+    when its part names no technique ("(b) a higher magnification of (a)"), the whole caption is returned.
     """
     if not caption or not panel or len(panel.strip()) != 1:
         return caption or ""
@@ -103,9 +103,9 @@ def caption_for_panel(caption: str, panel: str | None) -> str:
             covered = {chr(c) for c in range(ord(first), ord(last) + 1)}
         if want in covered:
             clauses.append(caption[mark.start() : marks[i + 1].start() if i + 1 < len(marks) else len(caption)])
-    if not clauses:
-        return caption
-    return " ".join([caption[: marks[0].start()], *clauses])
+    part = " ".join([caption[: marks[0].start()], *clauses]) if clauses else caption
+    flags = caption_features(part)
+    return part if any(flags[name] for name in CAPTION_TECHNIQUES) else caption
 
 
 def caption_features(caption: str) -> dict[str, float]:

@@ -152,6 +152,7 @@ def test_benchmark_on_tiny_manifest(tmp_path: Path):
         ("(d and e) FE-SEM images; (a) TEM.", "e", {"sem", "sem_only"}),
         ("SEM image of the glass.", "c", {"sem", "sem_only"}),  # the caption never names panel c: all of it counts
         ("(a) TEM image; (b) SEM image.", None, {"sem", "tem", "sem_and_other"}),
+        ("(a) SEM image of the film; (b) higher magnification of (a).", "b", {"sem", "sem_only"}),  # nothing in b: all
     ],
 )
 def test_caption_for_panel(caption: str, panel: str | None, flags: set[str]):
