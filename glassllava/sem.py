@@ -52,7 +52,12 @@ CAPTION_TECHNIQUES: dict[str, re.Pattern[str]] = {
     "edx": re.compile(r"\bEDX\b|\bEDS\b|(?i:elemental map|energy[- ]dispersive|\bmapping)"),
     "stm": re.compile(r"\bSTM\b|(?i:scanning tunnel)"),
 }
-CAPTION_FEATURE_NAMES: tuple[str, ...] = (*CAPTION_TECHNIQUES, "sem_only", "sem_and_other")
+# Non-imaging measurements: a caption that names only these ("DSC curves ...", "XRD patterns of ...") describes plots.
+MEASUREMENT_PLOTS = re.compile(
+    r"(?i:\b(?:curves?|patterns?|spectra|spectrum|isotherms?|plots?|histograms?|diffractograms?|thermograms?|profiles?)\b)"
+    r"|\b(?:DSC|XRD|TGA|DTA|FTIR|XPS|NMR)\b"
+)
+CAPTION_FEATURE_NAMES: tuple[str, ...] = (*CAPTION_TECHNIQUES, "sem_only", "sem_and_other", "plots_only")
 
 
 # An instrument data bar on a grey image is close to proof of SEM, but the weak literature labels cannot
@@ -61,6 +66,10 @@ CAPTION_FEATURE_NAMES: tuple[str, ...] = (*CAPTION_TECHNIQUES, "sem_only", "sem_
 # shared manifest (scripts/fit_sem.py reports numbers with it applied).
 DATA_BAR_PRIOR_LOGIT = 2.5
 GREY_COLOUR_FRACTION = 0.02  # at most this fraction of coloured pixels for the data-bar prior to apply
+# Likewise the shared manifest holds micrograph crops only, so it cannot teach how strongly a caption that names
+# only plots ("DSC curves of ...") speaks against SEM; the pipeline meets such figures all the time. This offset
+# is added to the caption evidence (the combiner is fitted with it in place).
+PLOTS_ONLY_PRIOR_LOGIT = -1.5
 
 
 class SemModelError(ValueError):
@@ -105,16 +114,18 @@ def caption_for_panel(caption: str, panel: str | None) -> str:
             clauses.append(caption[mark.start() : marks[i + 1].start() if i + 1 < len(marks) else len(caption)])
     part = " ".join([caption[: marks[0].start()], *clauses]) if clauses else caption
     flags = caption_features(part)
-    return part if any(flags[name] for name in CAPTION_TECHNIQUES) else caption
+    return part if any(flags[name] for name in (*CAPTION_TECHNIQUES, "plots_only")) else caption
 
 
 def caption_features(caption: str) -> dict[str, float]:
-    """0/1 flags for each technique named in the caption, plus 'SEM only' and 'SEM and another'."""
+    """0/1 flags for each technique named in the caption, plus 'SEM only', 'SEM and another' and
+    'plots only' (a measurement such as DSC or XRD and no microscopy at all)."""
     text = _STANDARD_ERROR.sub(" ", caption or "")
     flags = {name: float(bool(pattern.search(text))) for name, pattern in CAPTION_TECHNIQUES.items()}
     other = max(v for k, v in flags.items() if k != "sem")
     flags["sem_only"] = float(flags["sem"] and not other)
     flags["sem_and_other"] = float(flags["sem"] and other)
+    flags["plots_only"] = float(not flags["sem"] and not other and bool(MEASUREMENT_PLOTS.search(text)))
     return flags
 
 
@@ -141,7 +152,12 @@ def caption_sem_evidence(caption: str, model: dict[str, Any] | None = None) -> f
     model = model or load_sem_model()
     weights = model["caption_model"]["weights"]
     flags = caption_features(caption)
-    return float(sum(weights[name] * flags[name] for name in CAPTION_FEATURE_NAMES))
+    return float(sum(weights[name] * flags[name] for name in CAPTION_FEATURE_NAMES)) + caption_prior(flags)
+
+
+def caption_prior(flags: dict[str, float]) -> float:
+    """Fixed log-odds offset for a caption that names only plots (see PLOTS_ONLY_PRIOR_LOGIT)."""
+    return PLOTS_ONLY_PRIOR_LOGIT * flags["plots_only"]
 
 
 def image_sem_logit(features: dict[str, float], model: dict[str, Any] | None = None) -> float:

@@ -26,6 +26,7 @@ from glassllava.sem import (
     MODEL_PATH,
     _open_panel,
     caption_features,
+    caption_prior,
     data_bar_prior,
     sem_metrics,
     trees_logit,
@@ -48,12 +49,12 @@ FOLDS = 5
 SEED = 0
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
-    """Weights and bias minimising logistic loss + l2/2 |w|^2 (bias not penalised)."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | float = 0.0) -> tuple[np.ndarray, float]:
+    """Weights and bias minimising logistic loss + l2/2 |w|^2 (bias not penalised); ``offset`` is a fixed log-odds term."""
     design = np.c_[x, np.ones(len(x))]
 
     def loss_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = design @ w
+        z = design @ w + offset
         loss = np.sum(np.logaddexp(0, z) - y * z) + 0.5 * l2 * np.sum(w[:-1] ** 2)
         grad = design.T @ (1 / (1 + np.exp(-z)) - y)
         grad[:-1] += l2 * w[:-1]
@@ -145,7 +146,12 @@ def _best_split(binned: np.ndarray, grad: np.ndarray, hess: np.ndarray, rows: np
 
 
 def fit_caption_model(image_logit: np.ndarray, captions: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    return fit_logistic(np.c_[image_logit, captions], y, CAPTION_L2)
+    return fit_logistic(np.c_[image_logit, captions], y, CAPTION_L2, caption_offset(captions))
+
+
+def caption_offset(captions: np.ndarray) -> np.ndarray:
+    """The fixed caption priors of glassllava.sem (caption_prior) for each row of caption flags."""
+    return np.array([caption_prior(dict(zip(CAPTION_FEATURE_NAMES, row))) for row in captions])
 
 
 def grouped_folds(groups: list[str]) -> np.ndarray:
@@ -264,12 +270,12 @@ def main() -> None:
             inner[folds == j] = fit_image(train & (folds != j)).logit(x[folds == j])
         w, b = fit_caption_model(inner[train], captions[train], y[train])
         test_logit = fit_image(train).logit(x[~train])
-        oof_combined[~train] = sigmoid(np.c_[test_logit, captions[~train]] @ w + b)
+        oof_combined[~train] = sigmoid(np.c_[test_logit, captions[~train]] @ w + b + caption_offset(captions[~train]))
 
     image_model = fit_image(np.ones(len(y), bool))
     caption_w, caption_b = fit_caption_model(oof_image, captions, y)
     full_image = sigmoid(image_model.logit(x))
-    full_combined = sigmoid(np.c_[image_model.logit(x), captions] @ caption_w + caption_b)
+    full_combined = sigmoid(np.c_[image_model.logit(x), captions] @ caption_w + caption_b + caption_offset(captions))
     synthetic_right = float(((image_model.logit(x_syn) >= 0) == (y_syn > 0)).mean())
     evaluation = {
         "image_only": {"full_manifest": metrics(full_image, y), "grouped_cv": metrics(sigmoid(oof_image), y)},
