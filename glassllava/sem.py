@@ -40,7 +40,8 @@ _STANDARD_ERROR = re.compile(
 # Acronyms match case-sensitively ("SEM" not "sem"), spelled-out names case-insensitively.
 CAPTION_TECHNIQUES: dict[str, re.Pattern[str]] = {
     "sem": re.compile(
-        r"\b(?:FE-?|FIB-?|E|HR-?|cryo-?)?SEM\b|FESEM|(?i:scanning electron|secondary[- ]electron|back-?scatter)|\bBSED?\b"
+        r"\b(?:FE-?|FIB-?|E|HR-?|cryo-?)?SEM\b|FESEM|(?i:scanning electron|secondary[- ]electron|back-?scatter|in-?lens detector)"
+        r"|\bBSED?\b|\bSE2? (?:images?|micrographs?|detector)\b"
     ),
     "tem": re.compile(
         r"\b(?:HR|S|AC|cryo|Cryo|CRYO|HAADF)?-?(?:S)?TEM\b|\bHAADF\b|\bSAED\b|\bFFT\b|"

