@@ -1,11 +1,13 @@
 """SEM-micrograph classifier: a figure panel (PIL image) and optionally its caption in, an SEM score out.
 
-Two small logistic models, fitted by ``scripts/fit_sem.py`` and stored in ``sem_model.json``:
+Two small models, fitted by ``scripts/fit_sem.py`` and stored in ``sem_model.json``:
 
-1. image model: standardised pixel features (``glassllava.sem_features``) -> image log-odds;
+1. image model: standardised pixel features (``glassllava.sem_features``) -> logistic log-odds, plus
+   200 boosted depth-2 trees on the raw features (``trees_logit``) -> image log-odds;
 2. caption combiner: image log-odds + caption keyword flags (SEM, TEM, optical, AFM, fluorescence,
-   EDX, STM) -> final log-odds. A caption often describes several panels ("(a) TEM ... (b) SEM ..."),
-   so when it names SEM and another technique the fitted weights leave the decision to the pixels.
+   EDX, STM, "plots only") -> final log-odds. A caption often describes several panels ("(a) TEM ...
+   (b) SEM ..."), so when it names SEM and another technique the fitted weights leave the decision to
+   the pixels; when the panel letter is known, ``sem_score(..., panel="b")`` reads only that panel's clause.
 
 ``run_sem_benchmark`` scores a labelled manifest (the ``shared/data/micrographs`` format) and returns
 precision/recall/accuracy with a per-instrument error breakdown.

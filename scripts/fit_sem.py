@@ -1,9 +1,14 @@
-"""Fit the SEM classifier's two logistic models on the shared micrograph manifest; write glassllava/sem_model.json.
+"""Fit the SEM classifier on the shared micrograph manifest; write glassllava/sem_model.json.
 
-Reproducible: deterministic features, L-BFGS logistic regression with a fixed L2 penalty, and folds
-assigned by paper DOI with a fixed seed. Held-out numbers come from 5-fold cross-validation grouped by
-DOI (no paper contributes panels to both sides); the caption combiner is fitted on out-of-fold image
-log-odds so it does not learn to trust an over-fitted image score.
+Image model: logistic regression on standardised pixel features, then boosted depth-2 trees that start
+from its log-odds. Caption combiner: logistic regression of the image log-odds and caption flags.
+
+Reproducible: deterministic features, L-BFGS logistic regression with a fixed L2 penalty, trees with a
+fixed subsampling seed, generated training panels with a fixed seed, and folds assigned by paper DOI
+with a fixed seed. Held-out numbers come from 5-fold cross-validation grouped by DOI (no paper
+contributes panels to both sides); the caption combiner is fitted on out-of-fold image log-odds so it
+does not learn to trust an over-fitted image score. The "full_manifest" numbers are in-sample (the
+trees fit the training panels closely): quote the "grouped_cv" ones as the expected accuracy.
 
 Example: .venv/bin/python scripts/fit_sem.py --manifest ../shared/data/micrographs/manifest.json
 """
