@@ -200,6 +200,8 @@ def data_bar_prior(features: dict[str, float]) -> float:
 
 
 def _sigmoid(x: float) -> float:
+    if not math.isfinite(x):
+        raise ValueError(f"SEM log-odds is {x}: a feature is undefined")  # min/max would turn NaN into 1.0
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
 
 

@@ -242,6 +242,8 @@ def _fullres_noise(image: Image.Image, side: int = 192) -> tuple[float, float]:
 
 def image_features(image: Image.Image) -> dict[str, float]:
     """All features of ``FEATURE_NAMES`` for one panel image, as a name -> value dict."""
+    if min(image.size) < 8:  # a sliver or an icon: enlarge so every filter has room (it will score as flat)
+        image = image.resize((max(8, image.width), max(8, image.height)), Image.Resampling.NEAREST)
     rgb = load_rgb(image)
     grey_full = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
@@ -279,7 +281,7 @@ def image_features(image: Image.Image) -> dict[str, float]:
     gy, gx = np.gradient(ndimage.uniform_filter(picture, 2))
     magnitude = np.hypot(gx, gy)
     strong = magnitude > np.quantile(magnitude, 0.9)
-    edge_brightening = float((picture[strong].mean() - picture.mean()) / std)
+    edge_brightening = float((picture[strong].mean() - picture.mean()) / std) if strong.any() else 0.0  # 0: flat panel
     gradient_energy = float(magnitude.mean() / std)
     noise_level = float((picture - ndimage.uniform_filter(picture, 3)).std() / std)
 
@@ -358,4 +360,6 @@ def image_features(image: Image.Image) -> dict[str, float]:
     values["aspect_ratio"] = float(np.log(image.width / max(1, image.height)))
     values["fullres_noise"], values["fullres_laplace_kurtosis"] = _fullres_noise(image)
     assert tuple(values) == FEATURE_NAMES, "feature dict out of sync with FEATURE_NAMES"
+    # flat or degenerate panels can leave an undefined statistic; a NaN would make the score meaningless
+    values = {name: value if np.isfinite(value) else 0.0 for name, value in values.items()}
     return values

@@ -79,6 +79,25 @@ def test_plot_and_fluorescence_score_low():
     assert sem_score(fluorescence_like()).score < 0.4
 
 
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGB", (300, 200), "white"),
+        Image.new("L", (300, 200), 0),
+        Image.new("RGBA", (100, 100), (0, 0, 0, 0)),
+        Image.new("P", (50, 50)),
+        Image.new("RGB", (300, 6), "grey"),
+        Image.new("RGB", (1, 1)),
+    ],
+    ids=["white", "black", "transparent", "palette", "sliver", "1x1"],
+)
+def test_blank_and_tiny_panels_are_not_sem(image: Image.Image):
+    # a flat panel once gave NaN features and, through min/max clamping, a score of 1.0
+    features = image_features(image)
+    assert all(np.isfinite(v) for v in features.values())
+    assert not sem_score(image).is_sem
+
+
 def test_threshold_keyword():
     verdict = sem_score(sem_like(), threshold=1.0)
     assert not verdict.is_sem
