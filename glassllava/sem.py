@@ -1,11 +1,13 @@
 """SEM-micrograph classifier: a figure panel (PIL image) and optionally its caption in, an SEM score out.
 
-Two small logistic models, fitted by ``scripts/fit_sem.py`` and stored in ``sem_model.json``:
+Two small models, fitted by ``scripts/fit_sem.py`` and stored in ``sem_model.json``:
 
-1. image model: standardised pixel features (``glassllava.sem_features``) -> image log-odds;
+1. image model: standardised pixel features (``glassllava.sem_features``) -> logistic log-odds, plus
+   200 boosted depth-2 trees on the raw features (``trees_logit``) -> image log-odds;
 2. caption combiner: image log-odds + caption keyword flags (SEM, TEM, optical, AFM, fluorescence,
-   EDX, STM) -> final log-odds. A caption often describes several panels ("(a) TEM ... (b) SEM ..."),
-   so when it names SEM and another technique the fitted weights leave the decision to the pixels.
+   EDX, STM, "plots only") -> final log-odds. A caption often describes several panels ("(a) TEM ...
+   (b) SEM ..."), so when it names SEM and another technique the fitted weights leave the decision to
+   the pixels; when the panel letter is known, ``sem_score(..., panel="b")`` reads only that panel's clause.
 
 ``run_sem_benchmark`` scores a labelled manifest (the ``shared/data/micrographs`` format) and returns
 precision/recall/accuracy with a per-instrument error breakdown.
@@ -35,12 +37,13 @@ MODEL_PATH = Path(__file__).with_name("sem_model.json")
 
 # "mean ± SEM" is the standard error of the mean, not a microscope; strip it before matching.
 _STANDARD_ERROR = re.compile(
-    r"(±|\+/-|\+-|mean\W{0,4}|error\W{0,4}|standard error of the mean|s\.e\.m\.)\s*\(?S\.?E\.?M\b\.?\)?", re.I
+    r"(±|\+/-|\+-|mean\W{0,4}|error\W{0,4}|standard error of the mean|s\.e\.m\.)\s*\(?S\.?E\.?M\b\.?\)?", re.IGNORECASE
 )
 # Acronyms match case-sensitively ("SEM" not "sem"), spelled-out names case-insensitively.
 CAPTION_TECHNIQUES: dict[str, re.Pattern[str]] = {
     "sem": re.compile(
-        r"\b(?:FE-?|FIB-?|E|HR-?|cryo-?)?SEM\b|FESEM|(?i:scanning electron|secondary[- ]electron|back-?scatter)|\bBSED?\b"
+        r"\b(?:FE-?|FIB-?|E|HR-?|cryo-?)?SEM\b|FESEM|(?i:scanning electron|secondary[- ]electron|back-?scatter|in-?lens detector)"
+        r"|\bBSED?\b|\bSE2? (?:images?|micrographs?|detector)\b"
     ),
     "tem": re.compile(
         r"\b(?:HR|S|AC|cryo|Cryo|CRYO|HAADF)?-?(?:S)?TEM\b|\bHAADF\b|\bSAED\b|\bFFT\b|"
@@ -52,7 +55,12 @@ CAPTION_TECHNIQUES: dict[str, re.Pattern[str]] = {
     "edx": re.compile(r"\bEDX\b|\bEDS\b|(?i:elemental map|energy[- ]dispersive|\bmapping)"),
     "stm": re.compile(r"\bSTM\b|(?i:scanning tunnel)"),
 }
-CAPTION_FEATURE_NAMES: tuple[str, ...] = (*CAPTION_TECHNIQUES, "sem_only", "sem_and_other")
+# Non-imaging measurements: a caption that names only these ("DSC curves ...", "XRD patterns of ...") describes plots.
+MEASUREMENT_PLOTS = re.compile(
+    r"(?i:\b(?:curves?|patterns?|spectra|spectrum|isotherms?|plots?|histograms?|diffractograms?|thermograms?|profiles?)\b)"
+    r"|\b(?:DSC|XRD|TGA|DTA|FTIR|XPS|NMR)\b"
+)
+CAPTION_FEATURE_NAMES: tuple[str, ...] = (*CAPTION_TECHNIQUES, "sem_only", "sem_and_other", "plots_only")
 
 
 # An instrument data bar on a grey image is close to proof of SEM, but the weak literature labels cannot
@@ -61,6 +69,10 @@ CAPTION_FEATURE_NAMES: tuple[str, ...] = (*CAPTION_TECHNIQUES, "sem_only", "sem_
 # shared manifest (scripts/fit_sem.py reports numbers with it applied).
 DATA_BAR_PRIOR_LOGIT = 2.5
 GREY_COLOUR_FRACTION = 0.02  # at most this fraction of coloured pixels for the data-bar prior to apply
+# Likewise the shared manifest holds micrograph crops only, so it cannot teach how strongly a caption that names
+# only plots ("DSC curves of ...") speaks against SEM; the pipeline meets such figures all the time. This offset
+# is added to the caption evidence (the combiner is fitted with it in place).
+PLOTS_ONLY_PRIOR_LOGIT = -1.5
 
 
 class SemModelError(ValueError):
@@ -76,13 +88,47 @@ class SemVerdict:
     evidence: dict[str, float] = field(default_factory=dict)
 
 
+# Panel markers that open a caption clause: "(a)", "(b,c)", "(c-e)", "(a to c)", "(d and e)", "a)", "B)".
+_PANEL_MARKER = re.compile(
+    r"(?:^|(?<=[\s;,.:]))\(?([a-lA-L])(?:\s*(?:[-\u2013,&]|and|to)\s*([a-lA-L]))*\)(?=[\s,;:]|$)"
+)
+
+
+def caption_for_panel(caption: str, panel: str | None) -> str:
+    """The part of ``caption`` that describes one panel: its lead (the text before the first panel marker,
+    e.g. "SEM images of the samples:") plus the clauses whose markers name ``panel``.
+
+    "(a) optical micrograph ...; (b) SEM image ..." with panel "b" gives the lead and "(b) SEM image ...".
+    Ranges ("(a-c)") and lists ("(d, e)") count. Without a panel, when the caption never names it, or
+    when its part names no technique ("(b) a higher magnification of (a)"), the whole caption is returned.
+    """
+    if not caption or not panel or len(panel.strip()) != 1:
+        return caption or ""
+    want = panel.strip().lower()
+    marks = list(_PANEL_MARKER.finditer(caption))
+    clauses = []
+    for i, mark in enumerate(marks):
+        letters = re.findall(r"\b[a-lA-L]\b", mark.group(0))
+        first, last = letters[0].lower(), letters[-1].lower()
+        covered = set(map(str.lower, letters))
+        if len(letters) == 2 and re.search(r"[-\u2013]|\bto\b", mark.group(0)) and first < last:
+            covered = {chr(c) for c in range(ord(first), ord(last) + 1)}
+        if want in covered:
+            clauses.append(caption[mark.start() : marks[i + 1].start() if i + 1 < len(marks) else len(caption)])
+    part = " ".join([caption[: marks[0].start()], *clauses]) if clauses else caption
+    flags = caption_features(part)
+    return part if any(flags[name] for name in (*CAPTION_TECHNIQUES, "plots_only")) else caption
+
+
 def caption_features(caption: str) -> dict[str, float]:
-    """0/1 flags for each technique named in the caption, plus 'SEM only' and 'SEM and another'."""
+    """0/1 flags for each technique named in the caption, plus 'SEM only', 'SEM and another' and
+    'plots only' (a measurement such as DSC or XRD and no microscopy at all)."""
     text = _STANDARD_ERROR.sub(" ", caption or "")
     flags = {name: float(bool(pattern.search(text))) for name, pattern in CAPTION_TECHNIQUES.items()}
     other = max(v for k, v in flags.items() if k != "sem")
     flags["sem_only"] = float(flags["sem"] and not other)
     flags["sem_and_other"] = float(flags["sem"] and other)
+    flags["plots_only"] = float(not flags["sem"] and not other and bool(MEASUREMENT_PLOTS.search(text)))
     return flags
 
 
@@ -94,7 +140,7 @@ def load_sem_model(path: Path = MODEL_PATH) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise SemModelError(f"cannot read SEM model {path}: {err}") from err
     image_names = tuple(model.get("image_model", {}).get("features", ()))
-    if image_names != FEATURE_NAMES:
+    if image_names != FEATURE_NAMES or "trees" not in model.get("image_model", {}):
         raise SemModelError(
             f"{path} was fitted on features {image_names}, the code computes {FEATURE_NAMES}; rerun scripts/fit_sem.py"
         )
@@ -109,15 +155,42 @@ def caption_sem_evidence(caption: str, model: dict[str, Any] | None = None) -> f
     model = model or load_sem_model()
     weights = model["caption_model"]["weights"]
     flags = caption_features(caption)
-    return float(sum(weights[name] * flags[name] for name in CAPTION_FEATURE_NAMES))
+    return float(sum(weights[name] * flags[name] for name in CAPTION_FEATURE_NAMES)) + caption_prior(flags)
+
+
+def caption_prior(flags: dict[str, float]) -> float:
+    """Fixed log-odds offset for a caption that names only plots (see PLOTS_ONLY_PRIOR_LOGIT)."""
+    return PLOTS_ONLY_PRIOR_LOGIT * flags["plots_only"]
 
 
 def image_sem_logit(features: dict[str, float], model: dict[str, Any] | None = None) -> float:
     """Log-odds from pixel features alone."""
     model = model or load_sem_model()
     image_model = model["image_model"]
-    z = (np.array([features[n] for n in FEATURE_NAMES]) - image_model["mean"]) / np.array(image_model["scale"])
-    return float(z @ np.array(image_model["weights"]) + image_model["bias"] + data_bar_prior(features))
+    x = np.array([features[n] for n in FEATURE_NAMES])
+    z = (x - image_model["mean"]) / np.array(image_model["scale"])
+    linear = float(z @ np.array(image_model["weights"]) + image_model["bias"])
+    return linear + float(trees_logit(image_model["trees"], x[None])[0]) + data_bar_prior(features)
+
+
+def trees_logit(trees: dict[str, list], x: np.ndarray) -> np.ndarray:
+    """Sum of the boosted depth-2 trees for each row of ``x`` (raw features, FEATURE_NAMES order).
+
+    Tree t splits on ``feature[t][0] <= threshold[t][0]``, then on node 1 (left) or node 2 (right),
+    and ends in ``leaf[t][0..3]`` (left-left, left-right, right-left, right-right); feature -1 is no split.
+    """
+    total = np.zeros(len(x))
+    for features, thresholds, leaves in zip(trees["feature"], trees["threshold"], trees["leaf"]):
+        if features[0] < 0:
+            continue
+        right = x[:, features[0]] > thresholds[0]
+        node = np.where(right, 2, 1)
+        child_feature = np.array(features)[node]
+        child_threshold = np.array(thresholds)[node]
+        values = x[np.arange(len(x)), np.maximum(child_feature, 0)]
+        second = (child_feature >= 0) & (values > child_threshold)
+        total += np.array(leaves)[2 * (node - 1) + second]
+    return total
 
 
 def data_bar_prior(features: dict[str, float]) -> float:
@@ -127,16 +200,22 @@ def data_bar_prior(features: dict[str, float]) -> float:
 
 
 def _sigmoid(x: float) -> float:
+    if not math.isfinite(x):
+        raise ValueError(f"SEM log-odds is {x}: a feature is undefined")  # min/max would turn NaN into 1.0
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, x))))
 
 
-def sem_score(image: Image.Image, caption: str | None = None, *, threshold: float = 0.5) -> SemVerdict:
+def sem_score(
+    image: Image.Image, caption: str | None = None, *, threshold: float = 0.5, panel: str | None = None
+) -> SemVerdict:
     """Score one figure panel as SEM (1) or not (0).
 
     Args:
         image: the panel crop, any PIL mode; it is downscaled internally.
         caption: the figure caption; ``None`` or empty means pixels only.
         threshold: ``is_sem`` is ``score >= threshold``.
+        panel: the panel's letter when known ("b"): only the caption's lead and that panel's clauses
+            count (``caption_for_panel``), so "(a) TEM ...; (b) SEM ..." speaks clearly for each panel.
 
     Returns:
         SemVerdict with the score, the decision and the main features as evidence.
@@ -150,7 +229,7 @@ def sem_score(image: Image.Image, caption: str | None = None, *, threshold: floa
     evidence["image_logit"] = round(logit, 4)
     if caption and caption.strip():
         combiner = model["caption_model"]
-        caption_logit = caption_sem_evidence(caption, model)
+        caption_logit = caption_sem_evidence(caption_for_panel(caption, panel), model)
         evidence["caption_logit"] = round(caption_logit, 4)
         logit = combiner["weights"]["image_logit"] * logit + caption_logit + combiner["bias"]
     score = _sigmoid(logit)
@@ -170,7 +249,8 @@ def run_sem_benchmark(manifest: Path, image_only: bool = False, threshold: float
 
     The manifest is ``{"entries": [{"file": "images/x.jpg", "label": {"is_sem": bool,
     "figure_caption": str, "instrument": str, ...}}]}`` with files relative to the manifest's folder;
-    ``is_sem``/``figure_caption``/``instrument`` may also sit at the entry's top level (synthetic corpus).
+    ``is_sem``/``figure_caption``/``instrument`` may also sit at the entry's top level (synthetic corpus),
+    and an optional ``panel_label`` ("b") narrows the caption to that panel's clause.
     Unreadable images are counted in ``n_unreadable`` and skipped.
 
     Returns:
@@ -189,9 +269,10 @@ def run_sem_benchmark(manifest: Path, image_only: bool = False, threshold: float
             raise ValueError(f"manifest entry {entry.get('file')!r} in {manifest} has no is_sem label")
         truth = bool(label["is_sem"])
         caption = None if image_only else (label.get("figure_caption") or label.get("caption") or "")
+        panel = label.get("panel_label") or label.get("panel")  # optional: not in the shared manifest
         try:
             with _open_panel(manifest.parent / entry["file"]) as image:
-                verdict = sem_score(image, caption, threshold=threshold)
+                verdict = sem_score(image, caption, threshold=threshold, panel=panel)
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on broken files
             log.warning("skipping unreadable image %s: %s", entry.get("file"), err)
             unreadable.append(str(entry.get("file")))

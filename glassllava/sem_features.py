@@ -49,6 +49,30 @@ FEATURE_NAMES: tuple[str, ...] = (
     "mode_position",  # grey level of the histogram mode (bright flat background: bright-field TEM, optical)
     "flat_bright_fraction",  # flat 8x8 blocks brighter than the median (empty TEM/optical background)
     "flat_dark_fraction",  # flat 8x8 blocks darker than the median (STEM/fluorescence background)
+    # local texture: uniform local binary patterns (8 neighbours, 0.02 grey tolerance); lbp_k is the share of pixels
+    # with k brighter neighbours in one arc, lbp_9 the non-uniform rest (noise, fine clutter)
+    *(f"lbp_{k}" for k in range(10)),
+    # band-pass energy at scales 1-2, 2-4, 4-8 and 8-16 px (difference of Gaussians) over grey std
+    *(f"dog_energy_{k}" for k in range(4)),
+    "orientation_entropy",  # entropy of the gradient-orientation histogram (8 bins): low for axis-aligned plots, fringes
+    "axis_aligned_gradients",  # share of gradient energy on horizontal/vertical edges (plots, tables, diagrams)
+    "scan_anisotropy",  # log ratio of row-wise to column-wise residual noise (line-scanned SEM/AFM images)
+    "row_streaks",  # row-to-row jumps of the row means (scan lines, charging) over grey std
+    "bright_gradient_corr",  # local brightness vs local gradient: SE edge brightening > 0, dark outlines (TEM) < 0
+    "bright_ridge_corr",  # brightness vs -LoG (DoG 1-2 px): bright blobs/ridges (SE) versus dark particles (TEM)
+    "saturated_white",  # clipped white and black pixels of the picture
+    "saturated_black",
+    "saturation_mean",  # HSV saturation: mean and 90th percentile
+    "saturation_p90",
+    "red_minus_blue",  # mean R-B (optical: warm; AFM height maps: orange) and its mean absolute value
+    "red_blue_abs",
+    "green_excess",  # mean G-(R+B)/2 (green fluorescence)
+    *(f"grey_hist_{k}" for k in range(8)),  # coarse grey-level histogram of the picture
+    *(f"block_std_p{q}" for q in (10, 50, 90)),  # percentiles of 8x8 block std over the global std
+    "otsu_separability",  # between-class variance of the best 2-level threshold over total variance
+    "aspect_ratio",  # log(width / height) of the panel as given
+    "fullres_noise",  # median |residual of a 3x3 mean| / std on a native-resolution centre crop
+    "fullres_laplace_kurtosis",  # kurtosis of the native-resolution Laplacian: JPEG blocks/sharp text vs shot noise
 )
 
 
@@ -147,11 +171,84 @@ def _radial_spectrum(grey: np.ndarray) -> tuple[float, float]:
     return slope, peak
 
 
+_LBP_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))  # circular order
+
+
+def _texture_features(picture: np.ndarray, std: float) -> dict[str, float]:
+    """Local binary patterns, band-pass energies, orientation and scan-line statistics of the grey picture."""
+    h, w = picture.shape
+    out: dict[str, float] = {}
+    centre = picture[1:-1, 1:-1]
+    threshold = centre + 0.02
+    bits = [(picture[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] >= threshold).view(np.uint8) for dy, dx in _LBP_OFFSETS]
+    ones, transitions = np.zeros_like(bits[0]), np.zeros_like(bits[0])
+    for k, bit in enumerate(bits):
+        ones += bit
+        transitions += bit ^ bits[k - 1]
+    code = np.where(transitions <= 2, ones, 9)
+    lbp = np.bincount(code.ravel(), minlength=10) / max(1, code.size)
+    out.update({f"lbp_{k}": float(lbp[k]) for k in range(10)})
+
+    # sigma 1 and 2 at full resolution, 4 and 8 as 2 and 4 on a 2x2-binned copy (same band, a quarter of the work)
+    smooth = ndimage.gaussian_filter(picture, 1.0, truncate=3.0)
+    levels = [picture, smooth, ndimage.gaussian_filter(picture, 2.0, truncate=3.0)]
+    if h >= 8 and w >= 8:
+        binned = picture[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        coarse = [ndimage.gaussian_filter(binned, 1.0, truncate=3.0)]
+        coarse += [ndimage.gaussian_filter(binned, s, truncate=3.0) for s in (2.0, 4.0)]
+        bands = [levels[0] - levels[1], levels[1] - levels[2], coarse[0] - coarse[1], coarse[1] - coarse[2]]
+    else:
+        bands = [levels[0] - levels[1], levels[1] - levels[2], np.zeros(1), np.zeros(1)]
+    out.update({f"dog_energy_{k}": float(band.std() / std) for k, band in enumerate(bands)})
+
+    gy, gx = np.gradient(smooth)
+    magnitude = np.hypot(gx, gy)
+    angle = np.mod(np.arctan2(gy, gx), np.pi)
+    hist = np.bincount(np.minimum((angle * (8 / np.pi)).astype(int), 7).ravel(), magnitude.ravel(), minlength=8)
+    hist = hist / (hist.sum() + 1e-9)
+    out["orientation_entropy"] = float(-(hist[hist > 0] * np.log(hist[hist > 0])).sum())
+    out["axis_aligned_gradients"] = float(hist[0] + hist[4] + 0.5 * (hist[3] + hist[7]))
+
+    residual = picture - ndimage.uniform_filter(picture, 3)
+    along_rows, along_cols = np.diff(residual, axis=1).std(), np.diff(residual, axis=0).std()
+    out["scan_anisotropy"] = float(np.log((along_rows + 1e-5) / (along_cols + 1e-5)))
+    row_means = picture.mean(axis=1)
+    out["row_streaks"] = float(np.std(np.diff(row_means)) / std) if h > 2 else 0.0
+
+    local_mean, local_gradient = ndimage.uniform_filter(picture, 5), ndimage.uniform_filter(magnitude, 5)
+    out["bright_gradient_corr"] = _corr(local_mean, local_gradient)
+    out["bright_ridge_corr"] = _corr(picture, levels[1] - levels[2])  # difference of Gaussians ~ -LoG(sigma 1.5)
+    return out
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-9 else 0.0
+
+
+def _fullres_noise(image: Image.Image, side: int = 192) -> tuple[float, float]:
+    """Noise statistics on a centre crop at the native resolution (downscaling averages noise away)."""
+    x0, y0 = max(0, image.width // 2 - side // 2), max(0, image.height // 2 - side // 2)
+    crop = image.crop((x0, y0, min(image.width, x0 + side), min(image.height, y0 + side))).convert("L")
+    grey = np.asarray(crop, dtype=np.float32) / 255.0
+    if min(grey.shape) < 8:
+        return 0.0, 0.0
+    noise = float(np.median(np.abs(grey - ndimage.uniform_filter(grey, 3))) / (grey.std() + 1e-3))
+    laplace = ndimage.laplace(grey)
+    kurtosis = float(((laplace - laplace.mean()) ** 4).mean() / (laplace.var() ** 2 + 1e-12))
+    return noise, min(kurtosis, 1000.0)
+
+
 def image_features(image: Image.Image) -> dict[str, float]:
     """All features of ``FEATURE_NAMES`` for one panel image, as a name -> value dict."""
+    if min(image.size) < 8:  # a sliver or an icon: enlarge so every filter has room (it will score as flat)
+        image = image.resize((max(8, image.width), max(8, image.height)), Image.Resampling.NEAREST)
     rgb = load_rgb(image)
     grey_full = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    chroma_full = rgb.max(axis=2) - rgb.min(axis=2)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    top_full = np.maximum(np.maximum(red, green), blue)  # ~5x faster than rgb.max(axis=2)
+    chroma_full = top_full - np.minimum(np.minimum(red, green), blue)
 
     rows, cols = _trim_white_border(grey_full)
     grey = grey_full[rows, cols]
@@ -184,7 +281,7 @@ def image_features(image: Image.Image) -> dict[str, float]:
     gy, gx = np.gradient(ndimage.uniform_filter(picture, 2))
     magnitude = np.hypot(gx, gy)
     strong = magnitude > np.quantile(magnitude, 0.9)
-    edge_brightening = float((picture[strong].mean() - picture.mean()) / std)
+    edge_brightening = float((picture[strong].mean() - picture.mean()) / std) if strong.any() else 0.0  # 0: flat panel
     gradient_energy = float(magnitude.mean() / std)
     noise_level = float((picture - ndimage.uniform_filter(picture, 3)).std() / std)
 
@@ -240,5 +337,29 @@ def image_features(image: Image.Image) -> dict[str, float]:
         "flat_bright_fraction": flat_bright_fraction,
         "flat_dark_fraction": flat_dark_fraction,
     }
+    values.update(_texture_features(picture, std))
+    values["saturated_white"] = float((picture > 0.98).mean())
+    values["saturated_black"] = float((picture < 0.02).mean())
+    saturation = chroma / (top_full[rows, cols] + 1e-3)
+    values["saturation_mean"] = float(saturation.mean())
+    values["saturation_p90"] = float(np.quantile(saturation[::2, ::2], 0.9))
+    red_blue = rgb_core[..., 0] - rgb_core[..., 2]
+    values["red_minus_blue"] = float(red_blue.mean())
+    values["red_blue_abs"] = float(np.abs(red_blue).mean())
+    values["green_excess"] = float((rgb_core[..., 1] - (rgb_core[..., 0] + rgb_core[..., 2]) / 2).mean())
+    coarse = np.histogram(picture, bins=8, range=(0, 1))[0] / picture.size
+    values.update({f"grey_hist_{k}": float(coarse[k]) for k in range(8)})
+    if bh >= 2 and bw >= 2:
+        relative = blocks / std
+        values.update({f"block_std_p{q}": float(np.percentile(relative, q)) for q in (10, 50, 90)})
+    else:
+        values.update({f"block_std_p{q}": 0.0 for q in (10, 50, 90)})
+    cumulative, first_moment = np.cumsum(prob), np.cumsum(prob * (np.arange(64) + 0.5) / 64)
+    between = (first_moment[-1] * cumulative - first_moment) ** 2 / (cumulative * (1 - cumulative) + 1e-9)
+    values["otsu_separability"] = float(between.max() / (picture.var() + 1e-6))
+    values["aspect_ratio"] = float(np.log(image.width / max(1, image.height)))
+    values["fullres_noise"], values["fullres_laplace_kurtosis"] = _fullres_noise(image)
     assert tuple(values) == FEATURE_NAMES, "feature dict out of sync with FEATURE_NAMES"
+    # flat or degenerate panels can leave an undefined statistic; a NaN would make the score meaningless
+    values = {name: value if np.isfinite(value) else 0.0 for name, value in values.items()}
     return values

@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from glassllava.sem import caption_features, caption_sem_evidence, run_sem_benchmark, sem_metrics, sem_score
+from glassllava.sem import (
+    caption_features,
+    caption_for_panel,
+    caption_sem_evidence,
+    run_sem_benchmark,
+    sem_metrics,
+    sem_score,
+)
 from glassllava.sem_features import FEATURE_NAMES, image_features
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sem_like(seed: int = 0, size: int = 400) -> Image.Image:
@@ -70,6 +79,25 @@ def test_plot_and_fluorescence_score_low():
     assert sem_score(fluorescence_like()).score < 0.4
 
 
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGB", (300, 200), "white"),
+        Image.new("L", (300, 200), 0),
+        Image.new("RGBA", (100, 100), (0, 0, 0, 0)),
+        Image.new("P", (50, 50)),
+        Image.new("RGB", (300, 6), "grey"),
+        Image.new("RGB", (1, 1)),
+    ],
+    ids=["white", "black", "transparent", "palette", "sliver", "1x1"],
+)
+def test_blank_and_tiny_panels_are_not_sem(image: Image.Image):
+    # a flat panel once gave NaN features and, through min/max clamping, a score of 1.0
+    features = image_features(image)
+    assert all(np.isfinite(v) for v in features.values())
+    assert not sem_score(image).is_sem
+
+
 def test_threshold_keyword():
     verdict = sem_score(sem_like(), threshold=1.0)
     assert not verdict.is_sem
@@ -88,6 +116,18 @@ def test_caption_moves_score_in_the_right_direction():
 def test_mean_sem_is_not_a_microscope():
     assert caption_features("Bars show mean ± SEM (n = 3).")["sem"] == 0
     assert caption_features("Scanning electron micrographs of the film")["sem"] == 1
+    for text in ("SE image of the fracture surface", "BSE micrograph", "FE-SEM image", "In-lens detector image"):
+        assert caption_features(text)["sem"] == 1, text
+    assert caption_features("Se content of the glass")["sem"] == 0
+
+
+def test_caption_naming_only_plots_speaks_against_sem():
+    assert caption_features("Fig. 3 DSC curves of the glass at different heating rates.")["plots_only"] == 1
+    assert caption_features("(a) XRD patterns; (b) SEM image of the film.")["plots_only"] == 0  # microscopy named
+    assert caption_features("SEM image of the glass.")["plots_only"] == 0
+    # a generated micrograph paired with a plot caption (a figure-extraction slip) is not called SEM
+    assert not sem_score(sem_like(), "Fig. 3 DSC curves of the as annealed glass.").is_sem
+    assert caption_sem_evidence("XRD patterns of the samples.") < caption_sem_evidence("Figure 2.")
 
 
 def test_mixed_caption_leaves_decision_to_pixels():
@@ -131,24 +171,144 @@ def test_benchmark_on_tiny_manifest(tmp_path: Path):
         assert result["images_per_second"] > 0
 
 
+@pytest.mark.parametrize(
+    ("caption", "panel", "flags"),
+    [
+        ("Figure 3. (a) TEM image of the particles; (b) SEM image of the film.", "b", {"sem", "sem_only"}),
+        ("Figure 3. (a) TEM image of the particles; (b) SEM image of the film.", "a", {"tem"}),
+        ("Fig. 2 SEM images of the samples: (a) the as annealed glass; (b) after 2 h at 700 C.", "b", {"sem", "sem_only"}),
+        ("(a-c) SEM images of the film; (d) AFM height map.", "b", {"sem", "sem_only"}),
+        ("(a-c) SEM images of the film; (d) AFM height map.", "d", {"afm"}),
+        ("a) Raman map. d) Optical image and e) SEM of the device.", "e", {"sem", "sem_only"}),
+        ("(d and e) FE-SEM images; (a) TEM.", "e", {"sem", "sem_only"}),
+        ("SEM image of the glass.", "c", {"sem", "sem_only"}),  # the caption never names panel c: all of it counts
+        ("(a) TEM image; (b) SEM image.", None, {"sem", "tem", "sem_and_other"}),
+        ("(a) SEM image of the film; (b) higher magnification of (a).", "b", {"sem", "sem_only"}),  # nothing in b: all
+    ],
+)
+def test_caption_for_panel(caption: str, panel: str | None, flags: set[str]):
+    assert {k for k, v in caption_features(caption_for_panel(caption, panel)).items() if v} == flags
+
+
+def test_panel_letter_sharpens_a_mixed_caption():
+    mixed = "Figure 3. (a) TEM image of the particles; (b) SEM image of the film."
+    image = sem_like()
+    assert sem_score(image, mixed, panel="b").score > sem_score(image, mixed).score > sem_score(image, mixed, panel="a").score
+
+
+def _render_plot(kind: str, seed: int) -> Image.Image:
+    """An XRD or DSC plot from the synthetic-paper generator, rendered at 150 dpi as the figures stage does."""
+    import io
+
+    import pypdfium2 as pdfium
+    from reportlab.pdfgen import canvas
+
+    from glassllava.synth import plots
+    from glassllava.synth.history import sample_histories
+
+    rng = np.random.default_rng(seed)
+    samples = sample_histories("crystallisation", "lithium disilicate", rng)
+    data = plots.xrd_data(samples, rng) if kind == "xrd" else plots.dsc_data(samples, rng)
+    buffer = io.BytesIO()
+    page = canvas.Canvas(buffer, pagesize=(260, 200), invariant=1)
+    plots.draw_plot(page, data, (5, 5, 255, 195), 200, "Helvetica", "b")
+    page.showPage()
+    page.save()
+    document = pdfium.PdfDocument(buffer.getvalue())
+    try:
+        return document[0].render(scale=150 / 72).to_pil()
+    finally:
+        document.close()
+
+
+def test_generated_micrographs_are_sem_and_generated_plots_are_not():
+    from glassllava.synth import PHENOMENA, MicrographSpec, render_micrograph
+
+    rng = np.random.default_rng(12345)  # not the seed scripts/fit_sem.py trains on
+    for k, phenomenon in enumerate(PHENOMENA[::2]):
+        spec = MicrographSpec(phenomena=(phenomenon,), magnification=float(rng.choice([500, 5000])), bar_style=("fei", "zeiss")[k % 2])
+        image = render_micrograph(spec, rng)[0].resize((400, 350))
+        assert sem_score(image).is_sem, phenomenon
+        assert sem_score(image, "Fig. 4. SEM micrographs of the heat-treated glass.").score > 0.9, phenomenon
+    for kind, seed in (("xrd", 1), ("dsc", 2), ("xrd", 3)):
+        plot = _render_plot(kind, seed)
+        assert not sem_score(plot).is_sem, kind
+        assert not sem_score(plot, "Fig. 1. (a) DSC curves of the glass; (b) XRD patterns of the samples.").is_sem, kind
+
+
+@pytest.mark.slow
+def test_figures_stage_sem_accuracy_on_a_generated_corpus(tmp_path: Path):
+    """Every figure the stage finds in generated papers gets the right SEM decision (best panel, as figures.py)."""
+    from glassllava.figures import extract_paper_figures
+    from glassllava.synth import generate_corpus
+
+    manifest = json.loads(generate_corpus(tmp_path / "corpus", 3, seed=2024).read_text())
+    right = total = panels_right = panels = 0
+    for doc in manifest["documents"]:
+        truth = {f["label"]: f["is_sem"] for f in doc["figures"] if f["kind"] == "figure"}
+        found = extract_paper_figures(tmp_path / "corpus/pdfs" / doc["pdf"], tmp_path / "images")
+        for region in found.figures:
+            if region.label not in truth or region.box is None:
+                continue
+            scores = []
+            for i in range(len(region.panels)):
+                with Image.open(found.panel_images[(region.label, i)].path) as image:
+                    scores.append(sem_score(image, region.caption).score)  # as figures.py calls it
+                    panels_right += sem_score(image).is_sem == truth[region.label]
+                    panels += 1
+            total += 1
+            right += (max(scores, default=0.0) >= 0.5) == truth[region.label]
+    assert total >= 8 and any(truth.values())
+    assert right / total >= 0.97
+    assert panels_right / panels >= 0.9  # image-only, per panel
+
+
 @pytest.mark.shared
 @pytest.mark.slow
 def test_targets_on_shared_micrographs(shared_dir: Path):
+    """All 623 images: the committed model's numbers. The model was fitted on these images, so they are
+    in-sample; the honest held-out numbers are checked in test_fit_reproduces_model_and_held_out_numbers."""
     manifest = shared_dir / "data/micrographs/manifest.json"
     if not manifest.is_file():
         pytest.skip(f"{manifest} not found")
     with_caption = run_sem_benchmark(manifest)
     image_only = run_sem_benchmark(manifest, image_only=True)
     assert with_caption["n"] == 623 and with_caption["n_unreadable"] == 0
-    # Targets of the brief are 0.95 (caption) and 0.85 (image only); the current model reaches
-    # 0.94/0.91 and 0.71/0.69 on the full manifest (see sem_model.json "evaluation"), so these
-    # floors guard against regressions and the strict targets are tracked as xfail below.
-    assert with_caption["precision"] >= 0.92 and with_caption["recall"] >= 0.89
-    assert image_only["precision"] >= 0.68 and image_only["recall"] >= 0.66
-    if min(with_caption["precision"], with_caption["recall"]) < 0.95 or min(
-        image_only["precision"], image_only["recall"]
+    # measured 0.966 / 0.962 (caption) and 0.951 / 0.970 (image only); targets 0.95/0.95 and 0.85/0.85
+    assert with_caption["precision"] >= 0.95 and with_caption["recall"] >= 0.95
+    assert image_only["precision"] >= 0.85 and image_only["recall"] >= 0.85
+    recorded = json.loads((REPO / "glassllava/sem_model.json").read_text())["evaluation"]
+    for result, key in ((with_caption, "caption+image"), (image_only, "image_only")):
+        for metric in ("precision", "recall", "accuracy"):
+            assert result[metric] == pytest.approx(recorded[key]["full_manifest"][metric], abs=0.005), (key, metric)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_fit_reproduces_model_and_held_out_numbers(shared_dir: Path, tmp_path: Path):
+    """scripts/fit_sem.py rebuilds sem_model.json exactly; its grouped (by paper) 5-fold numbers are the honest ones."""
+    import subprocess
+    import sys
+
+    manifest = shared_dir / "data/micrographs/manifest.json"
+    if not manifest.is_file():
+        pytest.skip(f"{manifest} not found")
+    out = tmp_path / "sem_model.json"
+    subprocess.run([sys.executable, str(REPO / "scripts/fit_sem.py"), "--manifest", str(manifest), "--out", str(out)], check=True)
+    refit = json.loads(out.read_text())
+    committed = json.loads((REPO / "glassllava/sem_model.json").read_text())
+    assert {k: v for k, v in refit.items() if k != "fitted_on"} == {k: v for k, v in committed.items() if k != "fitted_on"}
+    held_out_caption = refit["evaluation"]["caption+image"]["grouped_cv"]
+    held_out_image = refit["evaluation"]["image_only"]["grouped_cv"]
+    # measured held out: caption 0.935 / 0.928, image only 0.718 / 0.679 (before this model: 0.932 / 0.893 and
+    # 0.607 / 0.626); floors just under them
+    assert held_out_caption["precision"] >= 0.92 and held_out_caption["recall"] >= 0.915
+    assert held_out_image["precision"] >= 0.70 and held_out_image["recall"] >= 0.665
+    if min(held_out_caption["precision"], held_out_caption["recall"]) < 0.95 or min(
+        held_out_image["precision"], held_out_image["recall"]
     ) < 0.85:
         keys = ("precision", "recall", "accuracy")
         pytest.xfail(
-            f"targets not met: caption {[with_caption[k] for k in keys]}, image-only {[image_only[k] for k in keys]}"
+            "held-out targets (0.95 caption, 0.85 image only) not met: caption "
+            f"{[held_out_caption[k] for k in keys]}, image-only {[held_out_image[k] for k in keys]}"
         )
