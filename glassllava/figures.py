@@ -158,14 +158,15 @@ def extract_paper_figures(
 
 def figure_sem_verdicts(region: FigureRegion, result: PaperFigures, threshold: float = 0.5) -> list:
     """The SEM classifier's verdict on each rendered panel of a figure (``sem.sem_score`` with the
-    figure's caption); a figure is an SEM figure when its best panel is."""
+    figure's caption, narrowed to the panel's own clause when the panel has a letter); a figure is
+    an SEM figure when its best panel is."""
     from glassllava.sem import sem_score
 
     verdicts = []
-    for i, _ in enumerate(region.panels if region.box is not None else []):
+    for i, panel in enumerate(region.panels if region.box is not None else []):
         img = result.panel_images[(region.label, i)]
         with Image.open(img.path) as im:
-            verdicts.append(sem_score(im, caption=region.caption, threshold=threshold))
+            verdicts.append(sem_score(im, caption=region.caption, threshold=threshold, panel=panel.label))
     return verdicts
 
 
