@@ -362,6 +362,7 @@ def finish_figures(params: FiguresParams, layout: DataLayout, key: str, papers: 
     from glassllava.report import write_figure_gallery
 
     write_figure_gallery(layout)
+    _prune_stale(layout, {paper_cache_path(layout, sha, key) for sha, _ in papers}, figures + panels)
     return FiguresReport(
         papers=len(papers),
         papers_processed=processed,
@@ -373,6 +374,18 @@ def finish_figures(params: FiguresParams, layout: DataLayout, key: str, papers: 
         figures_table=figures_table,
         panels_table=panels_table,
     )
+
+
+def _prune_stale(layout: DataLayout, caches: set[Path], rows: list[dict]) -> None:
+    """Drop per-paper caches and PNGs that no current row uses (an older extractor's, or a paper
+    no longer in the corpus): DVC keeps persisted outputs, so nothing else would. Inputs are untouched."""
+    images = {Path(r["image_path"]).name for r in rows if r.get("image_path")}
+    stale = [p for p in (layout.figures / "papers").glob("*.json") if p not in caches]
+    stale += [p for p in (layout.figures / "images").glob("*.png") if p.name not in images]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("figures: removed %d stale cache files and images", len(stale))
 
 
 def _mtime(path: Path):

@@ -393,6 +393,15 @@ def panel_path(layout: DataLayout, key: str) -> Path:
     return layout.qa / "panels" / key[:2] / f"{key}.json"
 
 
+def prune_panel_results(layout: DataLayout, keep: set[Path]) -> int:
+    """Remove per-panel result files no current panel uses. The LLM request cache is never pruned:
+    those replies were paid for, and a switch back finds them there."""
+    stale = [p for p in (layout.qa / "panels").glob("*/*.json") if p not in keep]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def answer_panel(panel: PanelInput, gen: Generator, layout: DataLayout, *, cache_only: bool = False) -> PanelOutcome:
     """Records for one panel, from its result file when nothing changed, else generated and validated.
 
@@ -667,6 +676,7 @@ def run_qa(
     gen = make_generator(params, layout, generator)
     log.info("qa: %d panels, generator %s", len(panels), gen.name)
     outcomes, batches = answer_panels(panels, gen, layout, progress=progress)
+    prune_panel_results(layout, {panel_path(layout, gen.key(p)) for p in panels})
     account = gen.client.account.as_dict() if gen.client is not None else None
     report = finish_qa(
         params, layout, gen.name, gen.prompt.version if gen.prompt else "", outcomes,

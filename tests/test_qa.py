@@ -483,3 +483,14 @@ def test_the_panel_image_can_go_with_the_question(server, tmp_path, api_key):
     cached = [json.loads(p.read_text()) for p in (layout.qa / "cache").rglob("*.json")]
     # the cache keeps the image's hash, not a second copy of its bytes
     assert all(c["request"]["messages"][1]["content"][1]["image_url"]["url"].startswith("sha256:") for c in cached)
+
+
+def test_stale_panel_results_are_pruned_but_paid_replies_kept(server, tmp_path, api_key):
+    layout = make_data(tmp_path / "data")
+    qa.run_qa(llm_params(server), layout)
+    replies = sorted((layout.qa / "cache").rglob("*.json"))
+    qa.run_qa(llm_params(server, temperature=0.7), layout)  # new sampling params: new keys
+    assert len(list((layout.qa / "panels").rglob("*.json"))) == 3
+    assert set(replies) < set((layout.qa / "cache").rglob("*.json"))
+    again = qa.run_qa(llm_params(server), layout)  # back again: the replies are still there
+    assert again.requests == 0 and again.cache_hits == 3

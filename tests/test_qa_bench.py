@@ -42,3 +42,16 @@ def test_offline_qa_agrees_with_the_corpus_truth_and_reruns_for_free(pipeline_da
     assert result["rerun_panels_from_cache"] == result["panels"]
     assert result["truth_sem_panels_with_records"] <= result["truth_sem_panels"] == len(truth_panels(manifest))
     assert not (pipeline_data.root / "qa").exists()  # the benchmark works in a scratch folder
+
+
+def test_figures_prunes_what_an_older_extractor_run_left(pipeline_data):
+    """Runs last in this module: it re-renders the fixture's figures at another resolution."""
+    import pyarrow.parquet as pq
+
+    before = set((pipeline_data.figures / "images").glob("*.png"))
+    run_figures(FiguresParams(dpi=60), pipeline_data)
+    used = {r["image_path"].rsplit("/", 1)[1] for name in ("figures", "panels")
+            for r in pq.read_table(pipeline_data.figures / f"{name}.parquet").to_pylist() if r["image_path"]}
+    now = {p.name for p in (pipeline_data.figures / "images").glob("*.png")}
+    assert now == used and not ({p.name for p in before} & now)
+    assert len(list((pipeline_data.figures / "papers").glob("*.json"))) == 3
