@@ -43,6 +43,14 @@ _RETRY_STATUS = {408, 409, 429}
 class LLMError(RuntimeError):
     """A request failed for good: retries exhausted, or an error that retrying cannot fix."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# Weaker reply formats to fall back to when an endpoint refuses one (older vLLM, llama.cpp ...).
+FORMAT_FALLBACK = {"json_schema": "json_object", "json_object": "text"}
+
 
 @dataclass
 class Reply:
@@ -123,9 +131,12 @@ class LLMClient:
         self.base_url = str(self._client.base_url)
 
     # ---- requests and the cache -------------------------------------------------------
-    def body(self, messages: list[dict], json_schema: dict | None = None) -> dict:
-        """The request body: everything that determines the answer, hence the cache key."""
+    def body(self, messages: list[dict], json_schema: dict | None = None, response_format: str | None = None) -> dict:
+        """The request body: everything that determines the answer, hence the cache key.
+
+        ``response_format`` overrides params (json_schema | json_object | text)."""
         p = self.params
+        fmt = response_format or p.response_format
         body: dict[str, Any] = {
             "model": p.model,
             "messages": messages,
@@ -134,9 +145,9 @@ class LLMClient:
         }
         if p.seed is not None:
             body["seed"] = p.seed
-        if p.response_format == "json_schema" and json_schema is not None:
+        if fmt == "json_schema" and json_schema is not None:
             body["response_format"] = {"type": "json_schema", "json_schema": json_schema}
-        elif p.response_format in ("json_schema", "json_object"):
+        elif fmt in ("json_schema", "json_object"):
             body["response_format"] = {"type": "json_object"}
         return body
 
@@ -203,7 +214,7 @@ class LLMClient:
                 why = self.redact(f"{type(e).__name__}" + (f" {status}" if status else "") + f": {_message(e)}")
                 if not retryable or attempt == p.max_retries:
                     self.account.add(failures=1)
-                    raise LLMError(why + ("" if not retryable else f" (gave up after {attempt + 1} tries)")) from None
+                    raise LLMError(why + ("" if not retryable else f" (gave up after {attempt + 1} tries)"), status) from None
                 wait = _retry_after(e)
                 if wait is None:
                     wait = min(p.max_backoff_s, p.backoff_s * 2**attempt) * random.uniform(0.5, 1.5)

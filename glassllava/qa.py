@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from glassllava import qa_rules
 from glassllava.files import atomic_write_json, atomic_write_text, read_json, sha256_bytes, sha256_json
-from glassllava.llm import LLMClient, LLMError, Reply, llm_configured
+from glassllava.llm import FORMAT_FALLBACK, LLMClient, LLMError, Reply, llm_configured
 from glassllava.params import DataLayout, QAParams
 from glassllava.qa_rules import DEFECT_FEATURES, FEATURES, PanelText
 from glassllava.schemas import QA_REJECTED_SCHEMA, QA_SCHEMA, table_from_rows, write_table
@@ -358,6 +358,7 @@ class Generator:
     params: QAParams
     client: LLMClient | None = None
     prompt: Prompt | None = None
+    response_format: str | None = None  # set when the endpoint refused the configured one
 
     @property
     def name(self) -> str:
@@ -433,15 +434,25 @@ def _answer_with_llm(panel: PanelInput, gen: Generator, cache_only: bool) -> Pan
     outcome = PanelOutcome(panel.panel_id, panel.paper_sha, [], [], False)
     records: list[dict] = []
     for attempt in range(llm.max_invalid_retries + 1):
-        body = client.body(messages, reply_json_schema())
-        reply: Reply | None = client.cached(body)
-        if reply is None:
+        formats = _formats(gen)
+        body = client.body(messages, reply_json_schema(), formats[0])
+        # an answer in a weaker format, from a run that fell back, is as good as a new one
+        reply: Reply | None = next(
+            (r for f in formats if (r := client.cached(client.body(messages, reply_json_schema(), f))) is not None), None
+        )
+        while reply is None:
             if cache_only:
                 outcome.pending_body = body
                 return outcome
             try:
                 reply = client.complete(body)
             except LLMError as e:
+                weaker = FORMAT_FALLBACK.get(gen.response_format or llm.response_format)
+                if e.status in (400, 422) and weaker and "response_format" in body:
+                    log.warning("the endpoint refused response_format %s (%s); using %s from now on", body["response_format"]["type"], e, weaker)
+                    gen.response_format = weaker
+                    body = client.body(messages, reply_json_schema(), weaker)
+                    continue
                 outcome.rejects.append({"reason": "request_failed", "detail": str(e), "raw": "", "request_key": client.key(body)})
                 return outcome  # not done: the next run asks again
         outcome.spent = {
@@ -466,6 +477,14 @@ def _answer_with_llm(panel: PanelInput, gen: Generator, cache_only: bool) -> Pan
         ]
     outcome.records, outcome.done = records, True
     return outcome
+
+
+def _formats(gen: Generator) -> list[str]:
+    """The reply format to ask in, then the weaker ones it may have fallen back to before."""
+    out = [gen.response_format or gen.params.llm.response_format]
+    while out[-1] in FORMAT_FALLBACK:
+        out.append(FORMAT_FALLBACK[out[-1]])
+    return out
 
 
 def _finish(records: list[dict], panel: PanelInput, gen: Generator, request_key: str) -> list[dict]:

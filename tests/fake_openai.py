@@ -9,6 +9,8 @@ next chat requests get them, in order:
 - ``"truncated"``: a reply cut in the middle, ``finish_reason = "length"``;
 - ``"malformed"``: prose, not JSON.
 
+``refuse_json_schema = True`` answers 400 to structured-output requests, like older local servers.
+
 With no behaviour queued it answers like a careful model: one valid record per requested slot,
 quoting the caption as evidence. A paper that says "IGNORE ALL PREVIOUS INSTRUCTIONS" gets a
 gullible model's answer (HTML, not JSON), so tests can prove that such a reply never reaches the
@@ -84,6 +86,7 @@ class FakeOpenAI:
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.batch_ready = False
+        self.refuse_json_schema = False  # like an older local server
         self.timeout_sleep_s, self.hang_s = timeout_sleep_s, hang_s
         self.lock = threading.Lock()
         server = self
@@ -124,6 +127,8 @@ class FakeOpenAI:
                     return self._send(200, server._create_batch(body))
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
+                if server.refuse_json_schema and body.get("response_format", {}).get("type") == "json_schema":
+                    return self._send(400, {"error": {"message": "response_format json_schema is not supported", "type": "invalid_request_error"}})
                 with server.lock:
                     behaviour = server.script.popleft() if server.script else "ok"
                 if behaviour in ("429", "500", "401"):

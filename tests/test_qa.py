@@ -20,7 +20,6 @@ from PIL import Image
 from glassllava import qa, qa_rules
 from glassllava.llm import LLMClient, LLMError
 from glassllava.params import DataLayout, LLMParams, QAParams
-from glassllava.qa_rules import PanelText
 from glassllava.schemas import (
     FIGURES_SCHEMA,
     PANELS_SCHEMA,
@@ -494,3 +493,15 @@ def test_stale_panel_results_are_pruned_but_paid_replies_kept(server, tmp_path, 
     assert set(replies) < set((layout.qa / "cache").rglob("*.json"))
     again = qa.run_qa(llm_params(server), layout)  # back again: the replies are still there
     assert again.requests == 0 and again.cache_hits == 3
+
+
+def test_an_endpoint_without_structured_outputs_gets_json_mode(server, tmp_path, api_key):
+    server.refuse_json_schema = True
+    layout = make_data(tmp_path / "data")
+    first = qa.run_qa(llm_params(server, concurrency=1), layout)
+    assert first.records == 9 and first.panels_pending == 0
+    kinds = [r["body"].get("response_format", {}).get("type") for r in server.chat_requests()]
+    assert kinds == ["json_schema", "json_object", "json_object", "json_object"]  # one refusal, then remembered
+    (layout.qa / "panels").rename(layout.qa / "panels-old")  # force the panels to be asked again
+    again = qa.run_qa(llm_params(server, concurrency=1), layout)
+    assert again.requests == 0 and again.cache_hits == 3  # the json_object answers are found in the cache
