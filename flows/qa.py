@@ -34,7 +34,7 @@ def qa_flow(params: QAParams, layout: DataLayout) -> dict:
             else:  # a crashed panel task: reported, asked again next run
                 logger.warning("qa panel %s: %s", panel.panel_id, state.message)
                 outcomes.append(
-                    PanelOutcome(panel.panel_id, panel.paper_sha, [], [{"reason": "request_failed", "detail": str(state.message), "raw": ""}], False)
+                    PanelOutcome(panel.panel_id, panel.paper_sha, "", [], [{"reason": "request_failed", "detail": str(state.message), "raw": ""}], False)
                 )
     report = finish_qa(params, layout, kind, outcomes, batches, account)
     create_table_artifact(key="qa-summary", table=[{k: v for k, v in vars(report).items() if not isinstance(v, dict)}], description="QA records made in this run")

@@ -91,6 +91,12 @@ class Account:
         return d
 
 
+def cost_usd(params: LLMParams, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
+    """What the tokens cost at the prices in params (the Batch API's discount when ``batch``)."""
+    usd = (prompt_tokens * params.price_input_per_mtok + completion_tokens * params.price_output_per_mtok) / 1e6
+    return usd * (params.batch_discount if batch else 1.0)
+
+
 def resolve_endpoint(params: LLMParams) -> tuple[str | None, str | None]:
     """(base_url, api_key) from params and the environment; a local server needs no key."""
     base_url = params.base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -198,9 +204,7 @@ class LLMClient:
         return Reply(key=key, cached=False, retries=retries, **reply)
 
     def cost(self, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
-        p = self.params
-        usd = (prompt_tokens * p.price_input_per_mtok + completion_tokens * p.price_output_per_mtok) / 1e6
-        return usd * (p.batch_discount if batch else 1.0)
+        return cost_usd(self.params, prompt_tokens, completion_tokens, batch)
 
     def _send(self, body: dict):
         p = self.params

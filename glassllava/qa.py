@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from glassllava import qa_rules
 from glassllava.files import atomic_write_json, atomic_write_text, read_json, sha256_bytes, sha256_json
-from glassllava.llm import FORMAT_FALLBACK, LLMClient, LLMError, Reply, llm_configured
-from glassllava.params import DataLayout, QAParams
+from glassllava.llm import FORMAT_FALLBACK, LLMClient, LLMError, Reply, cost_usd, llm_configured
+from glassllava.params import CONTEXT_LEVELS, QUESTION_TYPES, DataLayout, QAParams
 from glassllava.qa_rules import DEFECT_FEATURES, FEATURES, PanelText
 from glassllava.schemas import QA_REJECTED_SCHEMA, QA_SCHEMA, table_from_rows, write_table
 
@@ -99,9 +99,9 @@ def reply_json_schema() -> dict:
         {
             "question": {"type": "string"},
             "answer": {"type": "string"},
-            "question_type": {"type": "string", "enum": list(QARecord.model_fields["question_type"].annotation.__args__)},
+            "question_type": {"type": "string", "enum": list(QUESTION_TYPES)},
             "complexity": {"type": "string", "enum": ["simple", "complex"]},
-            "context_level": {"type": "string", "enum": ["none", "low", "moderate", "high"]},
+            "context_level": {"type": "string", "enum": list(CONTEXT_LEVELS)},
             "context_types": {"type": "array", "items": {"type": "string", "enum": list(qa_rules.CONTEXT_TYPES)}},
             "features": string_list,
             "defect": obj({"present": {"type": "boolean"}, "types": string_list}),
@@ -292,13 +292,13 @@ def check_reply(content: str, finish_reason: str, panel: PanelInput, slots: list
     wanted = Counter(slots)
     wanted.subtract(Counter(filled))
     for item in items:
-        reason, detail = _check_record(item, sources, wanted)
-        if reason:
+        record, reason, detail = _check_record(item, sources, wanted)
+        if record is None:
             out.rejects.append({"reason": reason, "detail": detail, "raw": json.dumps(item, ensure_ascii=False)[:2000]})
             continue
-        slot = f"{item['question_type']}@{item['context_level']}"
+        slot = f"{record.question_type}@{record.context_level}"
         wanted[slot] -= 1
-        out.records.append({**QARecord.model_validate(item).model_dump(), "slot": slot})
+        out.records.append({**record.model_dump(), "slot": slot})
     missing = [s for s, n in wanted.items() if n > 0]
     if missing:
         problems = Counter(r["reason"] for r in out.rejects)
@@ -306,29 +306,30 @@ def check_reply(content: str, finish_reason: str, panel: PanelInput, slots: list
     return out
 
 
-def _check_record(item: object, sources: dict[str, str], wanted: Counter) -> tuple[str | None, str]:
+def _check_record(item: object, sources: dict[str, str], wanted: Counter) -> tuple[QARecord | None, str, str]:
+    """(the record, "", "") when it passes every check, else (None, reason, detail)."""
     try:
         record = QARecord.model_validate(item)
     except ValidationError as e:
-        return "schema_invalid", "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+        return None, "schema_invalid", "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
     slot = f"{record.question_type}@{record.context_level}"
     if wanted.get(slot, 0) <= 0:
-        return "unrequested_slot", f"{slot} was not asked for (or already answered)"
+        return None, "unrequested_slot", f"{slot} was not asked for (or already answered)"
     unknown = [f for f in record.features if f not in FEATURES and not re.fullmatch(r"other:[\w \-]{2,40}", f)]
     if unknown:
-        return "unknown_feature", f"{unknown} not in the vocabulary"
+        return None, "unknown_feature", f"{unknown} not in the vocabulary"
     types = record.defect.types
     if record.defect.present != bool(types) or not set(types) <= DEFECT_FEATURES or not set(types) <= set(record.features):
-        return "inconsistent_defect", f"present={record.defect.present}, types={types}, features={record.features}"
+        return None, "inconsistent_defect", f"present={record.defect.present}, types={types}, features={record.features}"
     for ev in record.evidence:
         text = _norm(ev.text).strip(" .\"'")
         if ev.source not in sources:
-            return "ungrounded", f"evidence source {ev.source!r} is not in the paper data"
+            return None, "ungrounded", f"evidence source {ev.source!r} is not in the paper data"
         if len(text.split()) < 3 or text not in sources[ev.source]:
-            return "ungrounded", f"evidence not found in {ev.source}: {ev.text[:120]!r}"
+            return None, "ungrounded", f"evidence not found in {ev.source}: {ev.text[:120]!r}"
     if record.context_level == "none" and re.search(r"\d", record.question):
-        return "context_leak", "a 'none' context question contains numbers"
-    return None, ""
+        return None, "context_leak", "a 'none' context question contains numbers"
+    return record, "", ""
 
 
 # ---- one panel -----------------------------------------------------------------------------
@@ -336,6 +337,7 @@ def _check_record(item: object, sources: dict[str, str], wanted: Counter) -> tup
 class PanelOutcome:
     panel_id: str
     paper_sha: str
+    key: str  # the panel result file's key (``Generator.key``)
     records: list[dict]
     rejects: list[dict]
     done: bool  # False: waiting for a batch, or the request failed; asked again next run
@@ -394,9 +396,10 @@ def panel_path(layout: DataLayout, key: str) -> Path:
     return layout.qa / "panels" / key[:2] / f"{key}.json"
 
 
-def prune_panel_results(layout: DataLayout, keep: set[Path]) -> int:
+def prune_panel_results(layout: DataLayout, outcomes: list[PanelOutcome]) -> int:
     """Remove per-panel result files no current panel uses. The LLM request cache is never pruned:
     those replies were paid for, and a switch back finds them there."""
+    keep = {panel_path(layout, o.key) for o in outcomes if o.key}
     stale = [p for p in (layout.qa / "panels").glob("*/*.json") if p not in keep]
     for path in stale:
         path.unlink(missing_ok=True)
@@ -412,13 +415,13 @@ def answer_panel(panel: PanelInput, gen: Generator, layout: DataLayout, *, cache
     path = panel_path(layout, key)
     if path.exists():
         saved = read_json(path)
-        return PanelOutcome(panel.panel_id, panel.paper_sha, saved["records"], saved["rejects"], True, from_cache=True, spent=saved["spent"])
+        return PanelOutcome(panel.panel_id, panel.paper_sha, key, saved["records"], saved["rejects"], True, from_cache=True, spent=saved["spent"])
     slots = gen.params.slots
     if gen.kind == "offline":
         checked = check_reply(json.dumps({"records": qa_rules.generate(panel.text, slots)}), "stop", panel, slots, set())
-        outcome = PanelOutcome(panel.panel_id, panel.paper_sha, _finish(checked.records, panel, gen, ""), checked.rejects, True)
+        outcome = PanelOutcome(panel.panel_id, panel.paper_sha, key, _finish(checked.records, panel, gen, ""), checked.rejects, True)
     else:
-        outcome = _answer_with_llm(panel, gen, cache_only)
+        outcome = _answer_with_llm(panel, gen, key, cache_only)
     if outcome.done:
         atomic_write_json(
             path,
@@ -427,11 +430,11 @@ def answer_panel(panel: PanelInput, gen: Generator, layout: DataLayout, *, cache
     return outcome
 
 
-def _answer_with_llm(panel: PanelInput, gen: Generator, cache_only: bool) -> PanelOutcome:
+def _answer_with_llm(panel: PanelInput, gen: Generator, key: str, cache_only: bool) -> PanelOutcome:
     client, llm = gen.client, gen.params.llm
     slots = gen.params.slots
     messages = render_messages(gen.prompt, panel, slots, attach_image=llm.attach_image)
-    outcome = PanelOutcome(panel.panel_id, panel.paper_sha, [], [], False)
+    outcome = PanelOutcome(panel.panel_id, panel.paper_sha, key, [], [], False)
     records: list[dict] = []
     for attempt in range(llm.max_invalid_retries + 1):
         formats = _formats(gen)
@@ -631,6 +634,7 @@ def finish_qa(
                  "detail": rej["detail"], "request_key": rej.get("request_key", ""), "raw": rej.get("raw", "")}
             )
     out = layout.qa
+    prune_panel_results(layout, outcomes)
     for split in ("train", "eval"):
         write_table(table_from_rows(rows[split], QA_SCHEMA, f"{split}.parquet"), out / f"{split}.parquet", QA_SCHEMA)
     write_table(table_from_rows(rejected, QA_REJECTED_SCHEMA, "rejected.parquet"), out / "rejected.parquet", QA_REJECTED_SCHEMA)
@@ -638,9 +642,7 @@ def finish_qa(
     record_rejects = [r for r in rejected if r["reason"] not in ("request_failed", "truncated", "malformed_json")]
     spent = {k: sum(o.spent[k] for o in outcomes) for k in ("replies", "prompt_tokens", "completion_tokens")}
     spent["cost_usd_at_list_price"] = (
-        round((spent["prompt_tokens"] * params.llm.price_input_per_mtok + spent["completion_tokens"] * params.llm.price_output_per_mtok) / 1e6, 6)
-        if gen_name.startswith("llm:")
-        else 0.0
+        round(cost_usd(params.llm, spent["prompt_tokens"], spent["completion_tokens"]), 6) if gen_name.startswith("llm:") else 0.0
     )
     report = QAReport(
         generator=gen_name,
@@ -675,8 +677,7 @@ def finish_qa(
         report.prompt_tokens, report.completion_tokens = account["prompt_tokens"], account["completion_tokens"]
         report.cost_usd = account["cost_usd"]
     elif gen_name.startswith("llm:"):
-        llm = params.llm
-        report.cost_usd = round((report.prompt_tokens * llm.price_input_per_mtok + report.completion_tokens * llm.price_output_per_mtok) / 1e6, 6)
+        report.cost_usd = round(cost_usd(params.llm, report.prompt_tokens, report.completion_tokens), 6)
     atomic_write_json(out / "report.json", report.dataset())
     write_qa_page(layout, all_rows, report)
     return report
@@ -695,7 +696,6 @@ def run_qa(
     gen = make_generator(params, layout, generator)
     log.info("qa: %d panels, generator %s", len(panels), gen.name)
     outcomes, batches = answer_panels(panels, gen, layout, progress=progress)
-    prune_panel_results(layout, {panel_path(layout, gen.key(p)) for p in panels})
     account = gen.client.account.as_dict() if gen.client is not None else None
     report = finish_qa(
         params, layout, gen.name, gen.prompt.version if gen.prompt else "", outcomes,

@@ -84,7 +84,6 @@ _SCOPE_END = re.compile(r"[.;:]|,\s*(?:showing|indicating|which|whereas|while|bu
 _SENTENCE_END = re.compile(r"[.!?]\s+(?=[A-Z0-9(\[])")
 _ABBREVIATION = re.compile(r"(?:\b(?:Figs?|Eqs?|Refs?|Tab|No|ca|approx|vs|al|e\.g|i\.e|cf|resp)|\b[A-Z])\.$")
 _PANEL_MARK = re.compile(r"\(([a-h])\)")
-_TEMPERATURE = re.compile(r"\d[\d.,]*\s*(?:°\s*C|K)\b")
 _KV = re.compile(r"(\d+(?:\.\d+)?)\s*kV\b")
 _MAG = re.compile(r"(\d[\d,]*)\s*[x×]\b|[x×]\s*(\d[\d,]*)")
 _FAMILY = re.compile(
@@ -99,7 +98,6 @@ _PROCESSING = re.compile(
     re.I,
 )
 _AIM = re.compile(r"\b(?:in this (?:work|study|paper)|we (?:report|study|investigate|combine|examine)|(?:our|the) aim|the present study)\b", re.I)
-_METHODS_SECTION = re.compile(r"experiment|method|material|preparation|characteri|procedure", re.I)
 _IMAGING = re.compile(r"\b(?:SEM|scanning electron|secondary electron|back-?scatter|kV|working distance|magnification)", re.I)
 _COMPOSITION = re.compile(r"mol\s?%|wt\s?%|composition", re.I)
 _MEASUREMENT = re.compile(r"\d\s*(?:µm|um|nm|mm|%|vol|wt)|\b(?:visible|seen|observed|measured|diameters?|thick|size)\b", re.I)

@@ -37,8 +37,6 @@ def answer_all(params: QAParams, layout: DataLayout, kind: str, panels: list[qa.
 @task(name="finish-qa", cache_policy=NONE)
 def finish_qa(params: QAParams, layout: DataLayout, kind: str, outcomes: list, batches: dict, account: dict | None) -> qa.QAReport:
     """Split by paper, write train/eval/rejected tables, report.json and the examples page."""
-    prompt = qa.load_prompt(params.prompt) if kind == "llm" else None
-    gen = qa.Generator(kind, params, prompt=prompt)  # no client: only its name and keys are needed
-    qa.prune_panel_results(layout, {qa.panel_path(layout, gen.key(p)) for p in qa.load_panels(params, layout)})
-    prompt_version = prompt.version if prompt else ""
-    return qa.finish_qa(params, layout, gen.name, prompt_version, outcomes, batches=batches, account=account)
+    name = qa.Generator(kind, params).name
+    prompt_version = qa.load_prompt(params.prompt).version if kind == "llm" else ""
+    return qa.finish_qa(params, layout, name, prompt_version, outcomes, batches=batches, account=account)
