@@ -28,5 +28,5 @@ def stage_args(description: str) -> tuple[Params, DataLayout]:
 
 
 def task_runner(workers: int):
-    """Threads for one worker (pdfium is not thread-safe, so one at a time); processes beyond."""
+    """One thread for one worker; processes beyond (pdfium runs one document at a time per process: glassllava.pdfdoc)."""
     return ThreadPoolTaskRunner(max_workers=1) if workers <= 1 else ProcessPoolTaskRunner(max_workers=workers)

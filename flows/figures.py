@@ -11,7 +11,7 @@ from glassllava.params import DataLayout, FiguresParams
 from tasks.figures import finish_figures, paper_figures, plan_figures
 
 
-@flow(name="figures")
+@flow(name="figures", task_runner=task_runner(1))  # one PDF at a time unless `workers` asks for processes
 def figures_flow(params: FiguresParams, layout: DataLayout) -> dict:
     logger = get_run_logger()
     key, papers, todo = plan_figures(params, layout)

@@ -12,7 +12,7 @@ from glassllava.params import CorpusParams, DataLayout, IngestParams
 from tasks.ingest import finish_ingest, parse_paper, plan_ingest
 
 
-@flow(name="ingest")
+@flow(name="ingest", task_runner=task_runner(1))  # one PDF at a time unless `workers` asks for processes
 def ingest_flow(corpus: CorpusParams, params: IngestParams, layout: DataLayout) -> dict:
     logger = get_run_logger()
     plan = plan_ingest(corpus, params, layout)

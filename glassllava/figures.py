@@ -24,6 +24,7 @@ from PIL import Image
 from glassllava.files import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_json
 from glassllava.pagegraphics import Box
 from glassllava.params import DataLayout, FiguresParams
+from glassllava.pdfdoc import open_pdf
 from glassllava.pdflines import extract_pages
 from glassllava.regions import FigureRegion, Panel, caption_panel_letters, extract_figure_regions, split_raster_panels
 
@@ -118,8 +119,7 @@ def extract_paper_figures(
         dpi: render resolution.
         layout_backend: "heuristic" (default, no weights) or "layoutparser" (needs ``layout_model``).
     """
-    pdf = pdfium.PdfDocument(str(pdf_path))
-    try:
+    with open_pdf(Path(pdf_path)) as pdf:
         pages = extract_pages(pdf)
         if layout_backend == "heuristic":
             regions = extract_figure_regions(pdf, min_figure_size_pt=min_figure_size_pt, pages=pages)
@@ -152,8 +152,6 @@ def extract_paper_figures(
             for i, panel in enumerate(region.panels):
                 panel_images[(region.label, i)] = store_png(renderer.crop(region.page, panel.box), image_dir)
         return PaperFigures(len(pdf), regions, figure_images, panel_images)
-    finally:
-        pdf.close()
 
 
 def figure_sem_verdicts(region: FigureRegion, result: PaperFigures, threshold: float = 0.5) -> list:

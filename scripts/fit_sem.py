@@ -204,9 +204,9 @@ def synthetic_panels(n_micrographs: int, n_plots: int, seed: int) -> list[tuple[
     Micrographs are shrunk to the 330-620 px a 150 dpi page render gives; plots are rendered from a
     reportlab canvas with pypdfium2, as the figures stage renders them.
     """
-    import pypdfium2 as pdfium
     from reportlab.pdfgen import canvas
 
+    from glassllava.pdfdoc import open_pdf
     from glassllava.synth import PHENOMENA, MicrographSpec, plots, render_micrograph
     from glassllava.synth.history import THEMES, family_for_theme, sample_histories
 
@@ -235,11 +235,8 @@ def synthetic_panels(n_micrographs: int, n_plots: int, seed: int) -> list[tuple[
         plots.draw_plot(page, data, (10, 10, 10 + width, 10 + height), height + 20, "Helvetica", "ab"[k % 2] if k % 3 else None)
         page.showPage()
         page.save()
-        document = pdfium.PdfDocument(buffer.getvalue())
-        try:
+        with open_pdf(buffer.getvalue()) as document:
             panels.append((document[0].render(scale=150 / 72).to_pil().convert("RGB"), False))
-        finally:
-            document.close()
     return panels
 
 

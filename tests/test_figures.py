@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pypdfium2 as pdfium
 import pytest
 from PIL import Image
 from reportlab.lib.pagesizes import A4
@@ -15,6 +14,7 @@ from reportlab.pdfgen import canvas
 
 from glassllava.figures import extract_paper_figures, split_raster_panels
 from glassllava.pagegraphics import box_iou, page_graphics
+from glassllava.pdfdoc import open_pdf
 from glassllava.regions import caption_panel_letters, extract_figure_regions
 
 W, H = A4
@@ -94,7 +94,8 @@ def _pdf(tmp_path: Path, draw) -> tuple[Path, dict]:
 
 
 def _regions(path: Path):
-    return {r.label: r for r in extract_figure_regions(pdfium.PdfDocument(str(path)))}
+    with open_pdf(path) as pdf:
+        return {r.label: r for r in extract_figure_regions(pdf)}
 
 
 def test_raster_figure_caption_below_in_two_columns(tmp_path):
@@ -204,7 +205,8 @@ def test_page_graphics_drop_invisible_white_fills(tmp_path):
         p.c.rect(100, 100, 50, 50, stroke=1, fill=0)
 
     path, _ = _pdf(tmp_path, draw)
-    graphics = page_graphics(pdfium.PdfDocument(str(path))[0])
+    with open_pdf(path) as pdf:
+        graphics = page_graphics(pdf[0])
     assert len(graphics) == 1
 
 
@@ -385,7 +387,8 @@ def test_page_of_figures_in_a_two_column_paper(tmp_path):
     p.text(315, 293.2, "second heat treatment at 780 C for 24 h.", 8.5)
     c.showPage()
     c.save()
-    regions = {r.label: r for r in extract_figure_regions(pdfium.PdfDocument(str(path)))}
+    with open_pdf(path) as pdf:
+        regions = {r.label: r for r in extract_figure_regions(pdf)}
     for label in ("3", "4", "5"):
         assert regions[label].page == 3
         assert box_iou(regions[label].box, truth[label]) > 0.95, (label, regions[label].box)

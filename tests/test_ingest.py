@@ -288,3 +288,22 @@ def test_real_paper_has_title_doi_and_citations(shared_dir, tmp_path):
     citations = pq.read_table(report.tables["citations"]).to_pylist()
     cited = {c["figure_label"] for c in citations if c["paper_sha"] == paper["paper_sha"]}
     assert {"1", "2", "3", "4"} <= cited
+
+
+def test_papers_parsed_and_rendered_from_many_threads_at_once(tmp_path):
+    """Prefect runs tasks in threads; pdfium crashes the interpreter if two threads enter it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from glassllava.figures import extract_paper_figures
+    from glassllava.synth import generate_corpus
+
+    corpus = tmp_path / "corpus"
+    generate_corpus(corpus, papers=3, seed=11)
+    pdfs = sorted((corpus / "pdfs").glob("*.pdf")) * 3
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        parsed = list(pool.map(lambda p: ingest_pdf(p, IngestParams()), pdfs))
+        rendered = list(pool.map(lambda p: extract_paper_figures(p, tmp_path / "img", dpi=50), pdfs))
+    assert all(isinstance(r, PaperRecord) for r in parsed)
+    for a, b in zip(parsed, parsed[3:]):  # the same PDF gives the same result in any thread
+        assert a.paragraphs == b.paragraphs
+    assert all(len(r.figures) >= 3 for r in rendered)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pypdfium2 as pdfium
 import pytest
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
+from glassllava.pdfdoc import open_pdf
 from glassllava.pdflines import (
     _document_gutter,
     _rows,
@@ -70,7 +70,8 @@ def _two_column_pdf(path):
 def test_two_columns_are_split_and_read_left_then_right(tmp_path):
     path = tmp_path / "two.pdf"
     _two_column_pdf(path)
-    page = extract_pages(pdfium.PdfDocument(str(path)))[0]
+    with open_pdf(path) as pdf:
+        page = extract_pages(pdf)[0]
     assert page.gutter is not None and 255 < page.gutter[0] < page.gutter[1] <= 311
     texts = [ln.text for ln in page.lines]
     assert "Fig. 2. SEM image of dendrites grown at 650 C." in texts  # starts mid-row, not merged
@@ -130,6 +131,7 @@ def test_full_width_caption_keeps_its_short_last_line_and_a_column_caption_ends_
         c.drawString(310, H - 320 - 12 * i, f"Right column line {i} about annealing.")
     c.showPage()
     c.save()
-    page = extract_pages(pdfium.PdfDocument(str(path)))[1]
+    with open_pdf(path) as pdf:
+        page = extract_pages(pdf)[1]
     caps = [b for b in page.blocks if b.kind == "caption"]
     assert len(caps) == 1 and caps[0].text.endswith("(seeds); (c) a homogeneous glass.")

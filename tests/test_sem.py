@@ -200,9 +200,9 @@ def _render_plot(kind: str, seed: int) -> Image.Image:
     """An XRD or DSC plot from the synthetic-paper generator, rendered at 150 dpi as the figures stage does."""
     import io
 
-    import pypdfium2 as pdfium
     from reportlab.pdfgen import canvas
 
+    from glassllava.pdfdoc import open_pdf
     from glassllava.synth import plots
     from glassllava.synth.history import sample_histories
 
@@ -214,11 +214,8 @@ def _render_plot(kind: str, seed: int) -> Image.Image:
     plots.draw_plot(page, data, (5, 5, 255, 195), 200, "Helvetica", "b")
     page.showPage()
     page.save()
-    document = pdfium.PdfDocument(buffer.getvalue())
-    try:
+    with open_pdf(buffer.getvalue()) as document:
         return document[0].render(scale=150 / 72).to_pil()
-    finally:
-        document.close()
 
 
 def test_generated_micrographs_are_sem_and_generated_plots_are_not():
