@@ -152,11 +152,14 @@ def figures(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data"
     from glassllava.figures import run_figures
     from glassllava.params import DataLayout
 
+    from glassllava.sem import SemModelError
+    from glassllava.vision import VisionModelError
+
     p = _load(params)
     try:
         with _Progress() as progress:
             report = run_figures(p.figures, DataLayout(data), progress=progress)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, SemModelError, VisionModelError) as e:
         _fail(str(e))
     console.print(
         f"figures: {report.figures} figures ({report.figures_with_region} with a region), {report.panels} panels, "
@@ -236,14 +239,56 @@ def bench_sem(
     manifest: Annotated[Path, typer.Option("--manifest", exists=True, dir_okay=False, help="micrographs manifest.json")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
     image_only: Annotated[bool, typer.Option("--image-only", help="Ignore captions: classify from pixels alone.")] = False,
+    clip_head: Annotated[
+        Optional[Path], typer.Option("--clip-head", dir_okay=False, help="Score with this CLIP head (from `glassllava fit-sem --clip`).")
+    ] = None,
 ) -> None:
     """Score the SEM-micrograph classifier on a labelled manifest (precision, recall, accuracy).
 
     Example: glassllava bench sem --manifest ../shared/data/micrographs/manifest.json --out sem.json
     """
-    from glassllava.sem import run_sem_benchmark
+    from glassllava.sem import SemModelError, run_sem_benchmark
+    from glassllava.vision import VisionModelError
 
-    _write_result(run_sem_benchmark(manifest, image_only=image_only), out)
+    try:
+        _write_result(run_sem_benchmark(manifest, image_only=image_only, clip_head=clip_head), out)
+    except (SemModelError, VisionModelError) as e:
+        _fail(str(e))
+
+
+@app.command("fit-sem")
+def fit_sem(
+    manifest: Annotated[Path, typer.Option("--manifest", exists=True, dir_okay=False, help="Labelled micrographs manifest.json.")],
+    clip: Annotated[
+        str,
+        typer.Option(
+            "--clip",
+            help="open_clip model: 'local-dir:/path' (open_clip_config.json + weights), a built-in name with --clip-weights, or 'hf-hub:org/repo'.",
+        ),
+    ],
+    clip_weights: Annotated[Optional[str], typer.Option("--clip-weights", help="Checkpoint file or open_clip tag for a built-in model name.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where the head JSON goes (then set figures.sem_clip_head to it).")] = Path("models/sem_clip_head.json"),
+    folds: Annotated[int, typer.Option("--folds", min=3, help="Cross-validation folds, grouped by paper.")] = 5,
+) -> None:
+    """Fit an SEM classifier head on a CLIP backbone you have locally; prints its held-out numbers.
+
+    The pixel-feature classifier that ships needs no weights; a CLIP backbone (e.g. ViT-L/14) reads
+    micrographs far better. The head records the backbone's fingerprint and refuses other weights.
+
+    Example: glassllava fit-sem --manifest ../shared/data/micrographs/manifest.json --clip local-dir:/models/clip-vit-l14 --out models/sem_clip_head.json
+    """
+    from glassllava.files import atomic_write_text
+    from glassllava.sem_fit import fit_clip_head
+    from glassllava.vision import VisionModelError
+
+    try:
+        with _Progress() as progress:
+            head = fit_clip_head(manifest, clip, clip_weights, folds=folds, progress=lambda done, total: progress("embedding panels", done, total))
+    except (VisionModelError, ValueError) as e:
+        _fail(str(e))
+    atomic_write_text(out, json.dumps(head, indent=1) + "\n")
+    console.print(f"wrote {out}; set figures.sem_clip_head: {out} in params.yaml to use it")
+    typer.echo(json.dumps(head["evaluation"], indent=1))
 
 
 @bench_app.command("qa")

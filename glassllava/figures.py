@@ -154,17 +154,17 @@ def extract_paper_figures(
         return PaperFigures(len(pdf), regions, figure_images, panel_images)
 
 
-def figure_sem_verdicts(region: FigureRegion, result: PaperFigures, threshold: float = 0.5) -> list:
+def figure_sem_verdicts(region: FigureRegion, result: PaperFigures, threshold: float = 0.5, clip_head: dict | None = None) -> list:
     """The SEM classifier's verdict on each rendered panel of a figure (``sem.sem_score`` with the
-    figure's caption, narrowed to the panel's own clause when the panel has a letter); a figure is
-    an SEM figure when its best panel is."""
+    figure's caption, narrowed to the panel's own clause when the panel has a letter, and the CLIP
+    head when one is configured); a figure is an SEM figure when its best panel is."""
     from glassllava.sem import sem_score
 
     verdicts = []
     for i, panel in enumerate(region.panels if region.box is not None else []):
         img = result.panel_images[(region.label, i)]
         with Image.open(img.path) as im:
-            verdicts.append(sem_score(im, caption=region.caption, threshold=threshold, panel=panel.label))
+            verdicts.append(sem_score(im, caption=region.caption, threshold=threshold, panel=panel.label, clip_head=clip_head))
     return verdicts
 
 
@@ -193,6 +193,10 @@ def _code_key(params: FiguresParams) -> str:
         if (root / name).exists()
     }
     knobs = params.model_dump(include={"layout_backend", "layoutparser_config", "layoutparser_weights", "dpi", "min_figure_size_pt", "split_panels", "sem_threshold"})
+    if params.sem_clip_head:  # the head's bytes (which name the backbone's fingerprint), not its path
+        from glassllava.sem import load_clip_head
+
+        knobs["sem_clip_head"] = sha256_json(load_clip_head(params.sem_clip_head))
     return sha256_json({"version": EXTRACTOR_VERSION, "code": code, "params": knobs})[:16]
 
 
@@ -240,11 +244,16 @@ def figures_for_paper(paper_sha: str, pdf_path: Path, params: FiguresParams, lay
         atomic_write_json(out, {"paper_sha": paper_sha, "error": f"{type(e).__name__}: {e}"})
         return out
     figures, panels = [], []
+    clip_head = None
+    if params.sem_clip_head:
+        from glassllava.sem import load_clip_head
+
+        clip_head = load_clip_head(params.sem_clip_head)
     for region in result.figures:
         fid = figure_id(paper_sha, region.label)
         fig_img = result.figure_images.get(region.label)
         panel_scores = []
-        verdicts = figure_sem_verdicts(region, result, params.sem_threshold)
+        verdicts = figure_sem_verdicts(region, result, params.sem_threshold, clip_head)
         for i, (panel, verdict) in enumerate(zip(region.panels, verdicts)):
             img = result.panel_images[(region.label, i)]
             panel_scores.append(verdict.score)
@@ -300,6 +309,10 @@ def plan_figures(params: FiguresParams, layout: DataLayout) -> tuple[str, list[t
     key = _code_key(params)
     all_papers = [(p["paper_sha"], Path(p["pdf_path"])) for p in papers]
     todo = [(sha, path) for sha, path in all_papers if not paper_cache_path(layout, sha, key).exists()]
+    if todo and params.sem_clip_head:  # a missing backbone fails the stage now, not once per paper
+        from glassllava.sem import clip_encoder, load_clip_head
+
+        clip_encoder(load_clip_head(params.sem_clip_head))
     return key, all_papers, todo
 
 

@@ -60,6 +60,9 @@ class FiguresParams(_Section):
     min_figure_size_pt: float = Field(36.0, gt=0)  # smaller graphics are decorations, not figures
     split_panels: bool = True
     sem_threshold: float = Field(0.5, ge=0, le=1)  # panel is SEM when its score is at least this
+    # A CLIP head from `glassllava fit-sem --clip` (needs the vision extra and the backbone's weights);
+    # null: the pixel-feature classifier that ships (no weights).
+    sem_clip_head: str | None = None
     workers: int = Field(1, ge=1, le=64)
 
 

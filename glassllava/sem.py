@@ -9,6 +9,9 @@ Two small models, fitted by ``scripts/fit_sem.py`` and stored in ``sem_model.jso
    (b) SEM ..."), so when it names SEM and another technique the fitted weights leave the decision to
    the pixels; when the panel letter is known, ``sem_score(..., panel="b")`` reads only that panel's clause.
 
+Optionally a CLIP head (``glassllava fit-sem --clip``, ``glassllava.sem_fit``) replaces the image model:
+a linear probe on a CLIP image embedding, with its own caption combiner (``sem_score(..., clip_head=...)``).
+
 ``run_sem_benchmark`` scores a labelled manifest (the ``shared/data/micrographs`` format) and returns
 precision/recall/accuracy with a per-instrument error breakdown.
 """
@@ -206,7 +209,12 @@ def _sigmoid(x: float) -> float:
 
 
 def sem_score(
-    image: Image.Image, caption: str | None = None, *, threshold: float = 0.5, panel: str | None = None
+    image: Image.Image,
+    caption: str | None = None,
+    *,
+    threshold: float = 0.5,
+    panel: str | None = None,
+    clip_head: dict[str, Any] | None = None,
 ) -> SemVerdict:
     """Score one figure panel as SEM (1) or not (0).
 
@@ -216,17 +224,24 @@ def sem_score(
         threshold: ``is_sem`` is ``score >= threshold``.
         panel: the panel's letter when known ("b"): only the caption's lead and that panel's clauses
             count (``caption_for_panel``), so "(a) TEM ...; (b) SEM ..." speaks clearly for each panel.
+        clip_head: a CLIP head (``load_clip_head``): the image log-odds come from its CLIP backbone
+            instead of the pixel features of ``sem_model.json``.
 
     Returns:
         SemVerdict with the score, the decision and the main features as evidence.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    model = load_sem_model()
-    features = image_features(image)
-    logit = image_sem_logit(features, model)
-    evidence = {name: round(features[name], 4) for name in FEATURE_NAMES}
-    evidence["image_logit"] = round(logit, 4)
+    if clip_head is not None:
+        model = clip_head
+        logit = clip_image_logit(clip_encoder(clip_head).embed([image])[0], clip_head)
+        evidence = {"clip_logit": round(logit, 4)}
+    else:
+        model = load_sem_model()
+        features = image_features(image)
+        logit = image_sem_logit(features, model)
+        evidence = {name: round(features[name], 4) for name in FEATURE_NAMES}
+        evidence["image_logit"] = round(logit, 4)
     if caption and caption.strip():
         combiner = model["caption_model"]
         caption_logit = caption_sem_evidence(caption_for_panel(caption, panel), model)
@@ -234,6 +249,56 @@ def sem_score(
         logit = combiner["weights"]["image_logit"] * logit + caption_logit + combiner["bias"]
     score = _sigmoid(logit)
     return SemVerdict(score=score, is_sem=score >= threshold, evidence=evidence)
+
+
+# ---- the CLIP head (optional backbone; fitted by `glassllava fit-sem --clip`) -----------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _read_clip_head(path: Path, mtime_ns: int) -> dict[str, Any]:
+    try:
+        head = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SemModelError(f"cannot read CLIP head {path}: {err}") from err
+    if head.get("kind") != "clip-linear-probe":
+        raise SemModelError(f"{path} is not a CLIP head (kind {head.get('kind')!r}); write one with `glassllava fit-sem --clip`")
+    image_model, backbone = head.get("image_model", {}), head.get("backbone", {})
+    dim = backbone.get("dim")
+    if not all(len(image_model.get(k, ())) == dim for k in ("mean", "scale", "weights")) or not backbone.get("model"):
+        raise SemModelError(f"{path}: image model does not match its backbone's dimension {dim}")
+    caption_names = tuple(head.get("caption_model", {}).get("features", ()))
+    if caption_names != ("image_logit", *CAPTION_FEATURE_NAMES):
+        raise SemModelError(f"{path} caption features {caption_names} do not match the code; refit it")
+    return head
+
+
+def load_clip_head(path: str | Path) -> dict[str, Any]:
+    """Read and check a CLIP head (cached; re-read when the file changes)."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise SemModelError(f"CLIP head {path} does not exist; write one with `glassllava fit-sem --clip MODEL`")
+    return _read_clip_head(path, path.stat().st_mtime_ns)
+
+
+def clip_encoder(head: dict[str, Any]):
+    """The head's CLIP backbone, loaded once; refuses weights other than those it was fitted on."""
+    from glassllava.vision import ClipSpec, load_clip
+
+    backbone = head["backbone"]
+    encoder = load_clip(ClipSpec(backbone["model"], backbone.get("weights")))
+    if encoder.fingerprint != backbone["fingerprint"] or encoder.dim != backbone["dim"]:
+        raise SemModelError(
+            f"CLIP backbone {backbone['model']} (weights {backbone.get('weights')}) has fingerprint {encoder.fingerprint}, "
+            f"dim {encoder.dim}; the head was fitted on {backbone['fingerprint']}, dim {backbone['dim']}: refit the head"
+        )
+    return encoder
+
+
+def clip_image_logit(embedding: np.ndarray, head: dict[str, Any]) -> float:
+    """Image log-odds of one CLIP embedding under the head's linear probe."""
+    image_model = head["image_model"]
+    z = (np.asarray(embedding, np.float64) - image_model["mean"]) / np.asarray(image_model["scale"])
+    return float(z @ np.asarray(image_model["weights"]) + image_model["bias"])
 
 
 def _open_panel(path: Path) -> Image.Image:
@@ -244,14 +309,17 @@ def _open_panel(path: Path) -> Image.Image:
     return image
 
 
-def run_sem_benchmark(manifest: Path, image_only: bool = False, threshold: float = 0.5) -> dict[str, Any]:
+def run_sem_benchmark(
+    manifest: Path, image_only: bool = False, threshold: float = 0.5, clip_head: str | Path | None = None
+) -> dict[str, Any]:
     """Score the classifier on a labelled manifest.
 
     The manifest is ``{"entries": [{"file": "images/x.jpg", "label": {"is_sem": bool,
     "figure_caption": str, "instrument": str, ...}}]}`` with files relative to the manifest's folder;
     ``is_sem``/``figure_caption``/``instrument`` may also sit at the entry's top level (synthetic corpus),
     and an optional ``panel_label`` ("b") narrows the caption to that panel's clause.
-    Unreadable images are counted in ``n_unreadable`` and skipped.
+    Unreadable images are counted in ``n_unreadable`` and skipped. With ``clip_head`` the image
+    log-odds come from that CLIP head (``glassllava fit-sem --clip``) instead of the pixel features.
 
     Returns:
         precision, recall, accuracy, f1, n, n_positive, tp/fp/fn/tn, mode, images_per_second,
@@ -259,6 +327,9 @@ def run_sem_benchmark(manifest: Path, image_only: bool = False, threshold: float
     """
     manifest = Path(manifest)
     entries = json.loads(manifest.read_text()).get("entries", [])
+    head = load_clip_head(clip_head) if clip_head else None
+    if head is not None:
+        clip_encoder(head)  # load (and check) the backbone before the clock starts
     counts = Counter()
     by_instrument: dict[str, Counter] = {}
     unreadable: list[str] = []
@@ -272,7 +343,7 @@ def run_sem_benchmark(manifest: Path, image_only: bool = False, threshold: float
         panel = label.get("panel_label") or label.get("panel")  # optional: not in the shared manifest
         try:
             with _open_panel(manifest.parent / entry["file"]) as image:
-                verdict = sem_score(image, caption, threshold=threshold, panel=panel)
+                verdict = sem_score(image, caption, threshold=threshold, panel=panel, clip_head=head)
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on broken files
             log.warning("skipping unreadable image %s: %s", entry.get("file"), err)
             unreadable.append(str(entry.get("file")))
@@ -286,6 +357,7 @@ def run_sem_benchmark(manifest: Path, image_only: bool = False, threshold: float
     elapsed = time.perf_counter() - started
     return {
         "mode": "image-only" if image_only else "caption+image",
+        "classifier": f"clip head ({head['backbone']['model']}, {head['backbone']['fingerprint']})" if head else "pixel features",
         "threshold": threshold,
         **sem_metrics(counts["tp"], counts["fp"], counts["fn"], counts["tn"]),
         "n_unreadable": len(unreadable),

@@ -23,25 +23,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.optimize import minimize
 
 from glassllava.files import atomic_write_text
-from glassllava.sem import (
-    CAPTION_FEATURE_NAMES,
-    MODEL_PATH,
-    _open_panel,
-    caption_features,
-    caption_prior,
-    data_bar_prior,
-    sem_metrics,
-    trees_logit,
-)
+from glassllava.sem import CAPTION_FEATURE_NAMES, MODEL_PATH, _open_panel, caption_features, data_bar_prior, trees_logit
 from glassllava.sem_features import FEATURE_NAMES, image_features
+from glassllava.sem_fit import CAPTION_L2, caption_offset, fit_caption_model, fit_logistic, grouped_folds, metrics
 
 log = logging.getLogger("fit_sem")
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_L2 = 3.0  # on standardised features; 0.1-30 gave the same held-out accuracy within 2 points
-CAPTION_L2 = 1.0
 TREE_ROUNDS = 200  # boosted depth-2 trees on top of the logistic image model
 TREE_LEARNING_RATE = 0.05
 TREE_L2 = 1.0
@@ -52,21 +42,6 @@ SYNTHETIC_MICROGRAPHS = 40  # generated panels added to every training fold (see
 SYNTHETIC_PLOTS = 20
 FOLDS = 5
 SEED = 0
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | float = 0.0) -> tuple[np.ndarray, float]:
-    """Weights and bias minimising logistic loss + l2/2 |w|^2 (bias not penalised); ``offset`` is a fixed log-odds term."""
-    design = np.c_[x, np.ones(len(x))]
-
-    def loss_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = design @ w + offset
-        loss = np.sum(np.logaddexp(0, z) - y * z) + 0.5 * l2 * np.sum(w[:-1] ** 2)
-        grad = design.T @ (1 / (1 + np.exp(-z)) - y)
-        grad[:-1] += l2 * w[:-1]
-        return float(loss), grad
-
-    w = minimize(loss_and_grad, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B").x
-    return w[:-1], float(w[-1])
 
 
 class ImageModel:
@@ -150,31 +125,8 @@ def _best_split(binned: np.ndarray, grad: np.ndarray, hess: np.ndarray, rows: np
     return int(feature), float(edges[feature][cut])
 
 
-def fit_caption_model(image_logit: np.ndarray, captions: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    return fit_logistic(np.c_[image_logit, captions], y, CAPTION_L2, caption_offset(captions))
 
 
-def caption_offset(captions: np.ndarray) -> np.ndarray:
-    """The fixed caption priors of glassllava.sem (caption_prior) for each row of caption flags."""
-    return np.array([caption_prior(dict(zip(CAPTION_FEATURE_NAMES, row))) for row in captions])
-
-
-def grouped_folds(groups: list[str]) -> np.ndarray:
-    unique = sorted(set(groups))
-    order = np.random.default_rng(SEED).permutation(len(unique))
-    fold_of = {unique[i]: k % FOLDS for k, i in enumerate(order)}
-    return np.array([fold_of[g] for g in groups])
-
-
-def metrics(scores: np.ndarray, y: np.ndarray) -> dict:
-    predicted = scores >= 0.5
-    truth = y > 0
-    return sem_metrics(
-        int((predicted & truth).sum()),
-        int((predicted & ~truth).sum()),
-        int((~predicted & truth).sum()),
-        int((~predicted & ~truth).sum()),
-    )
 
 
 def load_dataset(manifest: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -251,7 +203,7 @@ def main() -> None:
     anchors = synthetic_panels(SYNTHETIC_MICROGRAPHS, SYNTHETIC_PLOTS, SEED)
     x_syn = np.array([[f[n] for n in FEATURE_NAMES] for f in (image_features(im) for im, _ in anchors)])
     y_syn = np.array([float(is_sem) for _, is_sem in anchors])
-    folds = grouped_folds(dois)
+    folds = grouped_folds(dois, FOLDS, SEED)
     sigmoid = lambda z: 1 / (1 + np.exp(-z))
 
     def fit_image(rows: np.ndarray) -> ImageModel:
