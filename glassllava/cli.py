@@ -272,8 +272,9 @@ def fit_sem(
 ) -> None:
     """Fit an SEM classifier head on a CLIP backbone you have locally; prints its held-out numbers.
 
-    The pixel-feature classifier that ships needs no weights; a CLIP backbone (e.g. ViT-L/14) reads
-    micrographs far better. The head records the backbone's fingerprint and refuses other weights.
+    The pixel-feature classifier that ships needs no weights but misses its held-out targets on
+    literature images; a pretrained CLIP backbone (e.g. ViT-L/14) is what that gap calls for. The
+    head records the backbone's fingerprint and refuses other weights.
 
     Example: glassllava fit-sem --manifest ../shared/data/micrographs/manifest.json --clip local-dir:/models/clip-vit-l14 --out models/sem_clip_head.json
     """
