@@ -74,12 +74,13 @@ class ClipSpec:
 class ClipEncoder:
     """A loaded CLIP image tower with its preprocessing; ``embed`` returns float32 unit vectors."""
 
-    def __init__(self, spec: ClipSpec, device: str = "cpu") -> None:
+    def __init__(self, spec: ClipSpec, device: str | None = None) -> None:
         try:
             import open_clip
             import torch
         except ImportError as err:
             raise VisionModelError(f"CLIP encoders need the vision extra: pip install -e '.[vision]' ({err})") from err
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.spec = spec
         self.fingerprint = spec.fingerprint()
         local = spec.local_weight_file()
@@ -110,8 +111,8 @@ class ClipEncoder:
 
 
 @functools.lru_cache(maxsize=2)
-def load_clip(spec: ClipSpec, device: str = "cpu") -> ClipEncoder:
-    """Load (once per process) the encoder named by ``spec``."""
+def load_clip(spec: ClipSpec, device: str | None = None) -> ClipEncoder:
+    """Load (once per process) the encoder named by ``spec``, on ``device`` (default: a GPU when there is one)."""
     encoder = ClipEncoder(spec, device)
-    log.info("CLIP image encoder %s loaded (dim %d, fingerprint %s)", spec.model, encoder.dim, encoder.fingerprint)
+    log.info("CLIP image encoder %s loaded on %s (dim %d, fingerprint %s)", spec.model, encoder.device, encoder.dim, encoder.fingerprint)
     return encoder
