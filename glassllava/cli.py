@@ -151,7 +151,6 @@ def figures(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data"
     """
     from glassllava.figures import run_figures
     from glassllava.params import DataLayout
-
     from glassllava.sem import SemModelError
     from glassllava.vision import VisionModelError
 

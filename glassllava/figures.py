@@ -27,6 +27,7 @@ from glassllava.params import DataLayout, FiguresParams
 from glassllava.pdfdoc import open_pdf
 from glassllava.pdflines import extract_pages
 from glassllava.regions import FigureRegion, Panel, caption_panel_letters, extract_figure_regions, split_raster_panels
+from glassllava.sem import clip_encoder, load_clip_head, sem_score
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,6 @@ def figure_sem_verdicts(region: FigureRegion, result: PaperFigures, threshold: f
     """The SEM classifier's verdict on each rendered panel of a figure (``sem.sem_score`` with the
     figure's caption, narrowed to the panel's own clause when the panel has a letter, and the CLIP
     head when one is configured); a figure is an SEM figure when its best panel is."""
-    from glassllava.sem import sem_score
-
     verdicts = []
     for i, panel in enumerate(region.panels if region.box is not None else []):
         img = result.panel_images[(region.label, i)]
@@ -194,8 +193,6 @@ def _code_key(params: FiguresParams) -> str:
     }
     knobs = params.model_dump(include={"layout_backend", "layoutparser_config", "layoutparser_weights", "dpi", "min_figure_size_pt", "split_panels", "sem_threshold"})
     if params.sem_clip_head:  # the head's bytes (which name the backbone's fingerprint), not its path
-        from glassllava.sem import load_clip_head
-
         knobs["sem_clip_head"] = sha256_json(load_clip_head(params.sem_clip_head))
     return sha256_json({"version": EXTRACTOR_VERSION, "code": code, "params": knobs})[:16]
 
@@ -244,11 +241,7 @@ def figures_for_paper(paper_sha: str, pdf_path: Path, params: FiguresParams, lay
         atomic_write_json(out, {"paper_sha": paper_sha, "error": f"{type(e).__name__}: {e}"})
         return out
     figures, panels = [], []
-    clip_head = None
-    if params.sem_clip_head:
-        from glassllava.sem import load_clip_head
-
-        clip_head = load_clip_head(params.sem_clip_head)
+    clip_head = load_clip_head(params.sem_clip_head) if params.sem_clip_head else None
     for region in result.figures:
         fid = figure_id(paper_sha, region.label)
         fig_img = result.figure_images.get(region.label)
@@ -310,8 +303,6 @@ def plan_figures(params: FiguresParams, layout: DataLayout) -> tuple[str, list[t
     all_papers = [(p["paper_sha"], Path(p["pdf_path"])) for p in papers]
     todo = [(sha, path) for sha, path in all_papers if not paper_cache_path(layout, sha, key).exists()]
     if todo and params.sem_clip_head:  # a missing backbone fails the stage now, not once per paper
-        from glassllava.sem import clip_encoder, load_clip_head
-
         clip_encoder(load_clip_head(params.sem_clip_head))
     return key, all_papers, todo
 

@@ -35,7 +35,7 @@ from glassllava.download import DownloadFailed, download
 from glassllava.files import atomic_write_json, read_json, sha256_bytes, sha256_file
 from glassllava.pagegraphics import box_area, box_intersection
 from glassllava.params import CorpusParams, DataLayout, IngestParams
-from glassllava.pdfdoc import PDFIUM_LOCK
+from glassllava.pdfdoc import open_pdf
 from glassllava.pdflines import Block, PageText, extract_pages
 from glassllava.schemas import (
     CITATIONS_SCHEMA,
@@ -248,27 +248,24 @@ def ingest_pdf(pdf: Path | bytes, params: IngestParams, *, paper_sha: str | None
     sha = paper_sha or sha256_bytes(data)
     if b"%%EOF" not in data[-2048:]:
         return Quarantined("truncated", f"no %%EOF marker at the end of {len(data)} bytes")
-    with PDFIUM_LOCK:  # pdfium is not thread-safe: one document at a time (glassllava.pdfdoc)
-        try:
-            doc = pdfium.PdfDocument(data)
-        except pdfium.PdfiumError as e:
-            if e.err_code == pdfium_c.FPDF_ERR_PASSWORD:
-                return Quarantined("encrypted", "a password is needed to open it")
-            if e.err_code in (pdfium_c.FPDF_ERR_FORMAT, pdfium_c.FPDF_ERR_FILE):
-                return Quarantined("truncated", f"pdfium cannot load it: {e}")
-            return Quarantined("parse_error", f"pdfium: {e}")
-        try:
-            n_pages = len(doc)
-            if n_pages > params.max_pages:
-                return Quarantined("too_large", f"{n_pages} pages > max_pages={params.max_pages}")
-            if n_pages == 0:
-                return Quarantined("parse_error", "the document has no pages")
-            return _parse(doc, data, sha, params)
-        except Exception as e:  # a bad file must never stop the run
-            log.debug("parse error in %s", sha, exc_info=True)
-            return Quarantined("parse_error", f"{type(e).__name__}: {e}")
-        finally:
-            doc.close()  # and with it every page and text page, inside the lock
+    try:
+        with open_pdf(data) as doc:  # one document at a time, closed with its pages (glassllava.pdfdoc)
+            try:
+                n_pages = len(doc)
+                if n_pages > params.max_pages:
+                    return Quarantined("too_large", f"{n_pages} pages > max_pages={params.max_pages}")
+                if n_pages == 0:
+                    return Quarantined("parse_error", "the document has no pages")
+                return _parse(doc, data, sha, params)
+            except Exception as e:  # a bad file must never stop the run
+                log.debug("parse error in %s", sha, exc_info=True)
+                return Quarantined("parse_error", f"{type(e).__name__}: {e}")
+    except pdfium.PdfiumError as e:  # only opening can raise here: parsing errors are caught above
+        if e.err_code == pdfium_c.FPDF_ERR_PASSWORD:
+            return Quarantined("encrypted", "a password is needed to open it")
+        if e.err_code in (pdfium_c.FPDF_ERR_FORMAT, pdfium_c.FPDF_ERR_FILE):
+            return Quarantined("truncated", f"pdfium cannot load it: {e}")
+        return Quarantined("parse_error", f"pdfium: {e}")
 
 
 def _parse(doc: pdfium.PdfDocument, data: bytes, sha: str, params: IngestParams) -> PaperRecord | Quarantined:

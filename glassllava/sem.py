@@ -309,6 +309,40 @@ def _open_panel(path: Path) -> Image.Image:
     return image
 
 
+@dataclass(frozen=True)
+class LabelledPanel:
+    """One entry of a labelled micrographs manifest (the ``shared/data/micrographs`` format)."""
+
+    file: str  # relative to the manifest's folder
+    is_sem: bool
+    caption: str
+    paper: str  # the DOI (or another paper id): what grouped cross-validation keeps together
+    panel: str | None = None  # optional panel letter: narrows the caption to that panel's clause
+    instrument: str | None = None
+
+
+def read_labelled_manifest(manifest: Path) -> list[LabelledPanel]:
+    """Entries of ``{"entries": [{"file": ..., "label": {"is_sem": bool, "figure_caption": str, "doi": str,
+    "instrument": str, ...}}]}``; the label keys may also sit at the entry's top level (synthetic corpus)."""
+    manifest = Path(manifest)
+    out = []
+    for entry in json.loads(manifest.read_text()).get("entries", []):
+        label = {**entry, **(entry.get("label") or {})}
+        if "is_sem" not in label:
+            raise ValueError(f"manifest entry {entry.get('file')!r} in {manifest} has no is_sem label")
+        out.append(
+            LabelledPanel(
+                file=str(entry["file"]),
+                is_sem=bool(label["is_sem"]),
+                caption=label.get("figure_caption") or label.get("caption") or "",
+                paper=label.get("doi") or label.get("paper") or label.get("pdf") or str(entry["file"]),
+                panel=label.get("panel_label") or label.get("panel"),  # not in the shared manifest
+                instrument=label.get("instrument"),
+            )
+        )
+    return out
+
+
 def run_sem_benchmark(
     manifest: Path, image_only: bool = False, threshold: float = 0.5, clip_head: str | Path | None = None
 ) -> dict[str, Any]:
@@ -326,7 +360,7 @@ def run_sem_benchmark(
         n_unreadable, and ``errors_by_instrument`` ({instrument: {"n", "fp", "fn"}}).
     """
     manifest = Path(manifest)
-    entries = json.loads(manifest.read_text()).get("entries", [])
+    entries = read_labelled_manifest(manifest)
     head = load_clip_head(clip_head) if clip_head else None
     if head is not None:
         clip_encoder(head)  # load (and check) the backbone before the clock starts
@@ -335,23 +369,19 @@ def run_sem_benchmark(
     unreadable: list[str] = []
     started = time.perf_counter()
     for entry in entries:
-        label = {**entry, **(entry.get("label") or {})}
-        if "is_sem" not in label:
-            raise ValueError(f"manifest entry {entry.get('file')!r} in {manifest} has no is_sem label")
-        truth = bool(label["is_sem"])
-        caption = None if image_only else (label.get("figure_caption") or label.get("caption") or "")
-        panel = label.get("panel_label") or label.get("panel")  # optional: not in the shared manifest
+        truth = entry.is_sem
+        caption = None if image_only else entry.caption
         try:
-            with _open_panel(manifest.parent / entry["file"]) as image:
-                verdict = sem_score(image, caption, threshold=threshold, panel=panel, clip_head=head)
+            with _open_panel(manifest.parent / entry.file) as image:
+                verdict = sem_score(image, caption, threshold=threshold, panel=entry.panel, clip_head=head)
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on broken files
-            log.warning("skipping unreadable image %s: %s", entry.get("file"), err)
-            unreadable.append(str(entry.get("file")))
+            log.warning("skipping unreadable image %s: %s", entry.file, err)
+            unreadable.append(entry.file)
             continue
         outcome = {(True, True): "tp", (False, True): "fp", (True, False): "fn", (False, False): "tn"}
         key = outcome[(truth, verdict.is_sem)]
         counts[key] += 1
-        instrument = str(label.get("instrument") or ("SEM" if truth else "other"))
+        instrument = entry.instrument or ("SEM" if truth else "other")
         by_instrument.setdefault(instrument, Counter())["n"] += 1
         by_instrument[instrument][key] += 1
     elapsed = time.perf_counter() - started

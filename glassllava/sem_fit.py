@@ -8,16 +8,15 @@ depends on the weights a user has. Both report held-out numbers the same way: fo
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.optimize import minimize
 
-from glassllava.sem import CAPTION_FEATURE_NAMES, _open_panel, caption_features, caption_prior, sem_metrics
+from glassllava.sem import CAPTION_FEATURE_NAMES, _open_panel, caption_features, caption_prior, read_labelled_manifest, sem_metrics
 
 log = logging.getLogger(__name__)
 
@@ -74,23 +73,34 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-np.clip(z, -50, 50)))
 
 
-def load_manifest_labels(manifest: Path) -> list[dict]:
-    """Entries of a labelled manifest with ``is_sem``, caption and paper id at the top level."""
-    entries = json.loads(Path(manifest).read_text()).get("entries", [])
-    out = []
-    for entry in entries:
-        label = {**entry, **(entry.get("label") or {})}
-        if "is_sem" not in label:
-            raise ValueError(f"manifest entry {entry.get('file')!r} in {manifest} has no is_sem label")
-        out.append(
-            {
-                "file": entry["file"],
-                "is_sem": bool(label["is_sem"]),
-                "caption": label.get("figure_caption") or label.get("caption") or "",
-                "paper": label.get("doi") or label.get("paper") or label.get("pdf") or entry["file"],
-            }
-        )
-    return out
+class ImageLogits(Protocol):
+    def logit(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def held_out(
+    fit: Callable[[np.ndarray, ImageLogits | None], ImageLogits], x: np.ndarray, y: np.ndarray, captions: np.ndarray, fold: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold image log-odds and out-of-fold caption+image probabilities.
+
+    ``fit(rows, outer)`` fits an image model on the boolean mask ``rows``; ``outer`` is ``None`` for a
+    fold's model and that model for the nested fits inside its training part. The caption combiner's
+    own training log-odds are out-of-fold too (nested folds), so it does not learn to trust an
+    over-fitted image score.
+    """
+    oof_image = np.zeros(len(y))
+    oof_combined = np.zeros(len(y))
+    for k in sorted(set(fold.tolist())):
+        train = fold != k
+        model = fit(train, None)
+        oof_image[~train] = model.logit(x[~train])
+        inner = np.zeros(len(y))
+        for j in set(fold[train].tolist()):
+            part = train & (fold != j)
+            inner[fold == j] = fit(part, model).logit(x[fold == j])
+        w, b = fit_caption_model(inner[train], captions[train], y[train])
+        test = ~train
+        oof_combined[test] = _sigmoid(np.c_[oof_image[test], captions[test]] @ w + b + caption_offset(captions[test]))
+    return oof_image, oof_combined
 
 
 class _Probe:
@@ -146,27 +156,27 @@ def fit_clip_head(
     manifest = Path(manifest)
     spec = ClipSpec(model, weights)
     encoder = load_clip(spec)
-    rows = load_manifest_labels(manifest)
+    rows = read_labelled_manifest(manifest)
     embeddings, kept = [], []
     batch = 16
     for start in range(0, len(rows), batch):
         images, ok = [], []
         for row in rows[start : start + batch]:
             try:
-                with _open_panel(manifest.parent / row["file"]) as image:
+                with _open_panel(manifest.parent / row.file) as image:
                     images.append(image.convert("RGB"))
                 ok.append(row)
             except (OSError, ValueError, SyntaxError) as err:
-                log.warning("skipping unreadable image %s: %s", row["file"], err)
+                log.warning("skipping unreadable image %s: %s", row.file, err)
         if images:
             embeddings.append(encoder.embed(images))
             kept += ok
         if progress:
             progress(min(start + batch, len(rows)), len(rows))
     x = np.concatenate(embeddings).astype(np.float64) if embeddings else np.zeros((0, encoder.dim))
-    y = np.array([float(r["is_sem"]) for r in kept])
-    groups = np.array([r["paper"] for r in kept])
-    captions = np.array([[caption_features(r["caption"])[n] for n in CAPTION_FEATURE_NAMES] for r in kept])
+    y = np.array([float(r.is_sem) for r in kept])
+    groups = np.array([r.paper for r in kept])
+    captions = np.array([[caption_features(r.caption)[n] for n in CAPTION_FEATURE_NAMES] for r in kept])
     head = fit_head(x, y, groups, captions, folds=folds, seed=seed)
     head["backbone"] = {"model": model, "weights": weights, "fingerprint": encoder.fingerprint, "dim": encoder.dim}
     head["fitted_on"]["manifest"] = str(manifest)
@@ -184,20 +194,10 @@ def fit_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray, captions: np.ndar
     folds = max(3, min(folds, n_groups))
     fold = grouped_folds(groups.tolist(), folds=folds, seed=seed)
 
-    oof_image = np.zeros(len(y))
-    oof_combined = np.zeros(len(y))
-    for k in range(folds):
-        train = fold != k
-        probe = _Probe(x[train], y[train], groups[train])
-        oof_image[~train] = probe.logit(x[~train])
-        # the combiner learns from out-of-fold image log-odds inside the training part too
-        inner = np.zeros(len(y))
-        for j in set(fold[train].tolist()):
-            part = train & (fold != j)
-            inner[fold == j] = _Probe(x[part], y[part], groups[part], l2=probe.l2).logit(x[fold == j])
-        w, b = fit_caption_model(inner[train], captions[train], y[train])
-        test = ~train
-        oof_combined[test] = _sigmoid(np.c_[oof_image[test], captions[test]] @ w + b + caption_offset(captions[test]))
+    # inner fits reuse their outer fold's L2 rather than choosing it again
+    oof_image, oof_combined = held_out(
+        lambda rows, outer: _Probe(x[rows], y[rows], groups[rows], l2=outer.l2 if outer else None), x, y, captions, fold
+    )
 
     probe = _Probe(x, y, groups)
     caption_w, caption_b = fit_caption_model(oof_image, captions, y)

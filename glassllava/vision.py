@@ -84,8 +84,9 @@ class ClipEncoder:
         self.spec = spec
         self.fingerprint = spec.fingerprint()
         local = spec.local_weight_file()
-        pretrained = None if spec.model.startswith(("hf-hub:", LOCAL_DIR)) else (str(local) if local else spec.weights)
-        if pretrained is None and not spec.model.startswith(("hf-hub:", LOCAL_DIR)):
+        named_by_schema = spec.model.startswith(("hf-hub:", LOCAL_DIR))  # open_clip finds those weights itself
+        pretrained = None if named_by_schema else str(local) if local else spec.weights
+        if pretrained is None and not named_by_schema:
             log.warning("CLIP model %s has no weights: random initialisation (fine for tests, useless otherwise)", spec.model)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(spec.model, pretrained=pretrained, device=device)

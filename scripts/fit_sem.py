@@ -25,9 +25,17 @@ import numpy as np
 from PIL import Image
 
 from glassllava.files import atomic_write_text
-from glassllava.sem import CAPTION_FEATURE_NAMES, MODEL_PATH, _open_panel, caption_features, data_bar_prior, trees_logit
+from glassllava.sem import (
+    CAPTION_FEATURE_NAMES,
+    MODEL_PATH,
+    _open_panel,
+    caption_features,
+    data_bar_prior,
+    read_labelled_manifest,
+    trees_logit,
+)
 from glassllava.sem_features import FEATURE_NAMES, image_features
-from glassllava.sem_fit import CAPTION_L2, caption_offset, fit_caption_model, fit_logistic, grouped_folds, metrics
+from glassllava.sem_fit import CAPTION_L2, caption_offset, fit_caption_model, fit_logistic, grouped_folds, held_out, metrics
 
 log = logging.getLogger("fit_sem")
 REPO = Path(__file__).resolve().parents[1]
@@ -125,26 +133,21 @@ def _best_split(binned: np.ndarray, grad: np.ndarray, hess: np.ndarray, rows: np
     return int(feature), float(edges[feature][cut])
 
 
-
-
-
-
 def load_dataset(manifest: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
 
-    entries = json.loads(manifest.read_text())["entries"]
     rows, captions, labels, dois = [], [], [], []
-    for entry in entries:
+    for entry in read_labelled_manifest(manifest):
         try:
-            with _open_panel(manifest.parent / entry["file"]) as image:  # decoded as the benchmark decodes it
+            with _open_panel(manifest.parent / entry.file) as image:  # decoded as the benchmark decodes it
                 features = image_features(image)
         except OSError as err:
-            log.warning("skipping %s: %s", entry["file"], err)
+            log.warning("skipping %s: %s", entry.file, err)
             continue
         rows.append([features[n] for n in FEATURE_NAMES])
-        flags = caption_features(entry["label"].get("figure_caption") or "")
+        flags = caption_features(entry.caption)
         captions.append([flags[n] for n in CAPTION_FEATURE_NAMES])
-        labels.append(float(entry["label"]["is_sem"]))
-        dois.append(entry["label"].get("doi") or entry["file"])
+        labels.append(float(entry.is_sem))
+        dois.append(entry.paper)
     return np.array(rows), np.array(captions), np.array(labels), dois
 
 
@@ -210,21 +213,8 @@ def main() -> None:
         """Image model on the given manifest rows plus every synthetic panel."""
         return ImageModel(np.r_[x[rows], x_syn], np.r_[y[rows], y_syn])
 
-    # held-out: image model per fold; out-of-fold image logits feed the caption combiner
-    oof_image = np.zeros(len(y))
-    for k in range(FOLDS):
-        train = folds != k
-        oof_image[~train] = fit_image(train).logit(x[~train])
-    oof_combined = np.zeros(len(y))
-    for k in range(FOLDS):
-        train = folds != k
-        # the combiner's own training logits must be out-of-fold too: nested folds inside the training part
-        inner = np.zeros(len(y))
-        for j in set(folds[train].tolist()):
-            inner[folds == j] = fit_image(train & (folds != j)).logit(x[folds == j])
-        w, b = fit_caption_model(inner[train], captions[train], y[train])
-        test_logit = fit_image(train).logit(x[~train])
-        oof_combined[~train] = sigmoid(np.c_[test_logit, captions[~train]] @ w + b + caption_offset(captions[~train]))
+    # held-out: image model per fold (deterministic, so the nested fits need nothing from it)
+    oof_image, oof_combined = held_out(lambda rows, outer: fit_image(rows), x, y, captions, folds)
 
     image_model = fit_image(np.ones(len(y), bool))
     caption_w, caption_b = fit_caption_model(oof_image, captions, y)
