@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 
 app = typer.Typer(
     help="GlassLLaVA: turn glass-materials papers into a model that reads SEM micrographs.\n\n"
-    "Stages run in order: corpus -> ingest -> figures -> qa. `dvc repro` runs them all.",
+    "Stages run in order: corpus -> ingest -> figures -> qa -> dataset -> train. `dvc repro` runs them all.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -41,7 +41,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -196,6 +196,74 @@ def qa(
 
 
 @app.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    data: DataOpt = Path("data"),
+    no_register: Annotated[bool, typer.Option("--no-register", help="Do not register the model in MLflow.")] = False,
+) -> None:
+    """Stage train: the training recipe under torchrun (processes per node from PET_NPROC_PER_NODE, default 1).
+    Writes data/model (Hugging Face layout), data/train/report.json, logs to MLflow and registers the
+    model as a version of `glassllava` with the alias `candidate`.
+
+    Example: PET_NPROC_PER_NODE=gpu glassllava train --params params.yaml
+    """
+    from glassllava.train import TrainingError, launch
+
+    _load(params)  # a params problem is reported here, before torchrun starts
+    try:
+        report = launch(params, data, on_line=typer.echo, extra=["--no-register"] if no_register else None)
+    except TrainingError as e:
+        _fail(str(e))
+    console.print(f"model: {report['model_dir']}  MLflow run {report['mlflow_run_id']} (version {report['model_version']})")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question about the image.")],
+    image: Annotated[Path, typer.Option("--image", exists=True, dir_okay=False, help="The micrograph (PNG, JPEG, TIFF).")],
+    model: Annotated[Path, typer.Option("--model", exists=True, file_okay=False, help="A model folder (Hugging Face layout).")] = Path("data/model"),
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest answer, in tokens.")] = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the answer and its timing.")] = False,
+) -> None:
+    """Ask the trained model about a micrograph; the answer streams as it is generated.
+
+    Example: glassllava ask --model data/model --image micrograph.png "Are there defects in this glass?"
+    """
+    import time
+
+    from PIL import Image, UnidentifiedImageError
+
+    from glassllava.generate import load, stream_answer
+
+    try:
+        picture = Image.open(image)
+        picture.load()
+    except (UnidentifiedImageError, OSError) as e:
+        _fail(f"{image}: not an image I can read ({e})")
+    t0 = time.perf_counter()
+    try:
+        mdl, processor = load(model)
+    except (OSError, ValueError) as e:
+        _fail(f"{model}: cannot load the model ({e})")
+    loaded = time.perf_counter()
+    pieces, first = [], None
+    for piece in stream_answer(mdl, processor, picture, question, max_new_tokens=max_new_tokens):
+        first = first or time.perf_counter()
+        pieces.append(piece)
+        if not as_json:
+            typer.echo(piece, nl=False)
+    done = time.perf_counter()
+    answer = "".join(pieces).strip()
+    if as_json:
+        n = len(processor.tokenizer(answer, add_special_tokens=False)["input_ids"])
+        typer.echo(json.dumps({"question": question, "image": str(image), "model": str(model), "answer": answer, "answer_tokens": n,
+                               "load_s": round(loaded - t0, 3), "first_token_s": round((first or done) - loaded, 3),
+                               "generate_s": round(done - loaded, 3), "tokens_per_s": round(n / max(done - loaded, 1e-9), 2)}, indent=1))
+    else:
+        typer.echo("")
+
+
+@app.command()
 def status(data: DataOpt = Path("data")) -> None:
     """Where the results are: each stage's tables with their row counts, and the figure gallery.
 
@@ -315,6 +383,63 @@ def bench_qa(
         _write_result(run_qa_benchmark(data, manifest, p.qa, generator=generator), out)
     except (FileNotFoundError, LLMError) as e:
         _fail(str(e))
+
+
+@bench_app.command("learn")
+def bench_learn(
+    params: ParamsOpt = Path("params.yaml"),
+    preset: Annotated[Optional[str], typer.Option("--preset", help="tiny | small | paper | paper-lora (default: params model.preset).")] = None,
+    papers: Annotated[int, typer.Option("--papers", min=4, help="Generated papers (35 % held out for evaluation).")] = 40,
+    seed: Annotated[int, typer.Option("--seed", help="Corpus seed.")] = 7,
+    eval_fraction: Annotated[float, typer.Option("--eval-fraction", min=0.05, max=0.9, help="Share of papers held out.")] = 0.35,
+    work: Annotated[Path, typer.Option("--work", help="Work folder for the bench corpus (reused by later runs).")] = Path("bench-results/learn-data"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
+) -> None:
+    """Train a preset on a generated corpus and score the held-out papers: defect accuracy by context level,
+    the blind (blank-image) baseline, the majority rate, token F1, the loss curve and the wall time.
+
+    Example: glassllava bench learn --preset small --out bench-results/learn.json
+    """
+    from glassllava.learn_bench import run_learn_benchmark
+    from glassllava.model import ModelWeightsMissing
+    from glassllava.train import TrainingError
+
+    p = _load(params)
+    if preset:
+        p = p.model_copy(update={"model": p.model.model_copy(update={"preset": preset})})
+    try:
+        with _Progress() as progress:
+            result = run_learn_benchmark(p, work, papers=papers, seed=seed, eval_fraction=eval_fraction, progress=progress)
+    except (TrainingError, ModelWeightsMissing) as e:
+        _fail(str(e))
+    _write_result(result, out)
+
+
+@bench_app.command("train")
+def bench_train(
+    preset: Annotated[str, typer.Option("--preset", help="tiny | small | paper | paper-lora")] = "small",
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per step.")] = 8,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps (after 2 warm-up steps).")] = 5,
+    text_tokens: Annotated[int, typer.Option("--text-tokens", min=8, help="Text tokens per sample besides the image block.")] = 80,
+    random_init: Annotated[bool, typer.Option("--random-init", help="The preset's shapes with random weights (no weights needed).")] = False,
+    checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Activation checkpointing in the language model.")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
+) -> None:
+    """Time training steps of a preset on synthetic batches: samples/s, tokens/s, MFU, peak memory (CPU or GPU).
+
+    Example: glassllava bench train --preset small --batch 8 --out bench-results/train-small.json
+    """
+    from glassllava.learn_bench import run_train_benchmark
+    from glassllava.model import ModelWeightsMissing
+
+    p = _load(params)
+    try:
+        result = run_train_benchmark(p.model.model_copy(update={"preset": preset}), batch=batch, steps=steps, text_tokens=text_tokens,
+                                     random_init=random_init, gradient_checkpointing=checkpointing)
+    except ModelWeightsMissing as e:
+        _fail(str(e))
+    _write_result(result, out)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -165,9 +165,9 @@ class TrainParams(_Section):
     # the values below; default: the values below as written.
     recipe: Literal["default", "paper"] = "default"
     seed: int = 0
-    stage1_epochs: float = Field(1.0, ge=0)  # projector only, on the alignment set (image + caption); 0 skips it
+    stage1_epochs: float = Field(2.0, ge=0)  # projector only, on the alignment set (image + caption); 0 skips it
     stage1_lr: float = Field(1e-3, gt=0)
-    epochs: float = Field(3.0, gt=0)  # stage 2: projector + language model
+    epochs: float = Field(1.0, gt=0)  # stage 2: projector + language model
     lr: float = Field(1e-4, gt=0)  # language model (or its LoRA adapters)
     projector_lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)  # conversations per optimizer step, read as batch_reading says
@@ -181,8 +181,9 @@ class TrainParams(_Section):
     precision: Literal["auto", "fp32", "bf16-autocast"] = "auto"  # auto: bf16 autocast + fp32 master weights on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
     distributed: Literal["ddp", "fsdp"] = "ddp"  # under torchrun; fsdp for the 7B full fine-tune
-    checkpoint_every_steps: int = Field(25, ge=1)  # a resumable checkpoint (exact resume after a kill)
+    checkpoint_every_steps: int = Field(50, ge=1)  # a resumable checkpoint (exact resume after a kill)
     log_every_steps: int = Field(5, ge=1)
+    eval_conversations: int = Field(96, ge=0)  # eval loss after every epoch on this many eval conversations (a fixed, seeded subset; 0: all)
     sample_answers: int = Field(4, ge=0)  # eval questions answered at the end of training, logged to MLflow
     max_new_tokens: int = Field(96, ge=1)
 

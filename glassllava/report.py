@@ -46,6 +46,39 @@ def pipeline_status(layout: DataLayout) -> list[tuple[str, str, str]]:
         generator = json.loads(report.read_text())["generator"]
         note = " (offline rule-based generator, no LLM)" if generator.startswith("offline") else f" ({generator})"
         rows.append(("qa", "QA examples beside their panels" + note, str(layout.qa / "index.html")))
+    dataset_report = layout.dataset / "report.json"
+    if dataset_report.exists():
+        splits = json.loads(dataset_report.read_text())["splits"]
+        for split, c in sorted(splits.items(), key=lambda kv: ("train", "eval", "align").index(kv[0])):
+            what = f"{c['conversations']} {split} conversations ({c['turns']} turns, {c['images']} images, {c['papers']} papers)"
+            rows.append(("dataset", what, f"{layout.dataset / split}-*.parquet, {layout.dataset / 'llava' / split}.json"))
+        skipped = layout.dataset / "skipped.parquet"
+        if skipped.exists():
+            rows.append(("dataset", f"{pq.read_metadata(skipped).num_rows} QA records and panels left out", str(skipped)))
+    rows += model_status(layout)
+    return rows
+
+
+def model_status(layout: DataLayout) -> list[tuple[str, str, str]]:
+    """The trained model: preset, size on disk, loss, throughput, its MLflow run and registered version."""
+    report_path = layout.train / "report.json"
+    if not (layout.model / "config.json").exists() or not report_path.exists():
+        return []
+    report = json.loads(report_path.read_text())
+    size = sum(f.stat().st_size for f in layout.model.rglob("*") if f.is_file())
+    curve, evals = report.get("loss_curve") or [], report.get("eval_loss") or []
+    loss = f"loss {curve[-1]['loss']:.3f}" if curve else "no steps"
+    if evals:
+        loss += f", eval loss {evals[-1]['eval_loss']:.3f}"
+    params = sum(s.get("trainable_params", 0) for s in report.get("stages", [])[-1:])
+    rows = [
+        ("train", f"model {report['preset']} ({size / 2**20:.0f} MiB, {params:,} trained parameters; {loss})", str(layout.model)),
+        ("train", f"{report['samples_per_s']:.2f} samples/s, {report['tokens_per_s']:.0f} tokens/s, MFU {100 * report['mfu']:.2f} % "
+                  f"on {report['device']}; {report['wall_s']:.0f} s", str(report_path)),
+    ]
+    if report.get("mlflow_run_id"):
+        version = f", registered as glassllava v{report['model_version']} (alias candidate)" if report.get("model_version") else ""
+        rows.append(("train", f"MLflow run {report['mlflow_run_id']}{version}", "mlflow ui --backend-store-uri sqlite:///mlflow.db"))
     return rows
 
 

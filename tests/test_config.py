@@ -59,7 +59,8 @@ def test_every_dvc_stage_is_a_flow_module_with_its_params_section():
         assert hasattr(module, f"{name}_flow")
         for p in stage.get("params", []):
             assert p.split(".")[0] in sections
-        assert all(next(iter(o.values())).get("persist") for o in stage["outs"])
+        if name != "train":  # a trained model replaces the last one whole; every other stage keeps per-item caches
+            assert all(next(iter(o.values())).get("persist") for o in stage["outs"])
 
 
 def test_figures_stage_fails_clearly_before_ingest(tmp_path):

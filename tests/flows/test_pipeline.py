@@ -71,6 +71,8 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(prefect_api, tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["corpus"]["generated"]["papers"] = 2
     params["figures"]["dpi"] = 72
+    params["model"]["preset"] = "tiny"  # the same recipe and code path as the default, in seconds
+    params["train"].update(stage1_epochs=1.0, epochs=1.0, sample_answers=1, max_new_tokens=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     _git(repo, "init", "-q")
     _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init")
@@ -79,15 +81,21 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(prefect_api, tmp_path):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PREFECT_API_URL": prefect_api,
         "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run([*dvc, "init", "-q"], cwd=repo, env=env, check=True)
     first = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for stage in ("corpus", "ingest", "figures", "qa"):
+    for stage in ("corpus", "ingest", "figures", "qa", "dataset", "train"):
         assert f"Running stage '{stage}'" in first.stdout
     assert pq.read_metadata(repo / "data" / "figures" / "figures.parquet").num_rows >= 4
     assert pq.read_metadata(repo / "data" / "qa" / "train.parquet").num_rows + pq.read_metadata(repo / "data" / "qa" / "eval.parquet").num_rows > 0
+    assert pq.read_metadata(repo / "data" / "dataset" / "train-00000.parquet").num_rows > 0
+    assert (repo / "data" / "model" / "config.json").is_file() and (repo / "data" / "train" / "metrics.json").is_file()
+    from mlflow import MlflowClient
+
+    assert MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias("glassllava", "candidate").version
     lock = (repo / "dvc.lock").read_text()
     second = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert second.returncode == 0
