@@ -5,10 +5,11 @@ A conversation (one image, one or more question-answer turns) becomes
     [bos] system user_start <image>*N "\\n" question user_end  assistant_start | answer answer_end | after_answer user_start ...
 
 where only the answers and their end-of-turn token (the EOS) are supervised: every other position
-has label -100. Each text segment between two supervision boundaries is tokenized on its own and the
-ids are concatenated, never re-derived by re-tokenizing the whole prompt (LLaVA's "tokenization
-mismatch → loss 0" bug). The segments are exactly the text that the processor's chat template renders,
-so inference through plain transformers sees the ids training saw (tested).
+has label -100. The conversation is built piece by piece from the chat format's segments (prompt,
+answer, prompt, answer ...), tokenized once as the processor tokenizes the text its chat template
+renders, and each token's label comes from the segment its first character falls in (the tokenizer's
+offsets). No mask length is ever derived by re-tokenizing a prefix, which is LLaVA's "tokenization
+mismatch → loss 0" bug, and the ids are those inference sees, for ChatML and SentencePiece tokenizers alike.
 
 Invariants, checked here rather than discovered in a forward pass: the image block holds exactly
 ``image_tokens`` copies of the image token; a conversation too long for ``max_len`` loses whole turns
@@ -53,14 +54,14 @@ def special_prefix(tokenizer) -> list[int]:
 
 
 def prompt_segments(chat: ChatFormat, questions: list[str], answers: list[str]) -> list[tuple[str, bool]]:
-    """(text, supervised) segments of a conversation; the first question carries the image tag."""
+    """(text, supervised) segments of a conversation, exactly as the chat template renders it; the first question carries the image tag."""
     segments: list[tuple[str, bool]] = []
     head = chat.system_start + chat.system + chat.system_end if chat.system else ""
     for i, (q, a) in enumerate(zip(questions, answers)):
         lead = (IMAGE_TOKEN + "\n") if i == 0 else ""
         prompt = (head if i == 0 else chat.after_answer) + chat.user_start + lead + q + chat.user_end + chat.assistant_start
         segments.append((prompt, False))
-        segments.append((a + chat.answer_end, True))
+        segments.append((chat.answer_start + a + chat.answer_end, True))
     return segments
 
 
@@ -70,33 +71,51 @@ def encode(
     """Token ids and labels of one conversation (see the module docstring)."""
     if not questions or len(questions) != len(answers):
         raise ConversationError(f"a conversation needs as many answers as questions (got {len(questions)} and {len(answers)})")
+    for turn, text in enumerate(questions + answers):
+        if IMAGE_TOKEN in text:
+            raise ConversationError(f"paper text contains the reserved tag {IMAGE_TOKEN} (turn text {turn + 1})")
+    segments = prompt_segments(chat, questions, answers)
+    text = "".join(t for t, _ in segments)
+    spans, at = [], 0  # character span of each segment
+    for seg, supervised in segments:
+        spans.append((at, at + len(seg), supervised))
+        at += len(seg)
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    ids: list[int] = special_prefix(tokenizer)
-    labels: list[int] = [IGNORE] * len(ids)
-    kept = 0
-    for turn, ((prompt, _), (answer, _)) in enumerate(zip(*[iter(prompt_segments(chat, questions, answers))] * 2)):
-        p = _ids(tokenizer, prompt)
-        if turn == 0:
-            if p.count(image_id) != 1:
-                raise ConversationError(f"the first prompt must hold one {IMAGE_TOKEN} tag, found {p.count(image_id)}")
-            at = p.index(image_id)
-            p = p[:at] + [image_id] * image_tokens + p[at + 1 :]
-        elif image_id in p:
-            raise ConversationError(f"paper text contains the reserved tag {IMAGE_TOKEN} in turn {turn + 1}")
-        a = _ids(tokenizer, answer)
-        if len(ids) + len(p) + len(a) > max_len:
-            if turn == 0:
-                raise ConversationError(f"the first turn alone needs {len(p) + len(a)} tokens, more than max_seq_len={max_len}")
-            break  # drop whole turns from the end; never cut through a turn or the image block
-        ids += p + a
-        labels += [IGNORE] * len(p) + a
-        kept += 1
-    enc = Encoded(ids, labels, kept, len(questions))
-    if ids.count(image_id) != image_tokens:
-        raise ConversationError(f"{ids.count(image_id)} image tokens for {image_tokens} image features (paper text holds {IMAGE_TOKEN}?)")
-    if enc.supervised == 0:
+    if enc["input_ids"].count(image_id) != 1:
+        raise ConversationError(f"the conversation must hold one {IMAGE_TOKEN} tag, found {enc['input_ids'].count(image_id)}")
+    ids: list[int] = []
+    labels: list[int] = []
+    turn_ends: list[int] = []  # token count at the end of each turn's answer
+    seg = 0
+    for token, (start, stop) in zip(enc["input_ids"], enc["offset_mapping"]):
+        if stop == start and token != image_id and start == 0 and not ids:  # BOS and other added specials before the text
+            ids.append(token)
+            labels.append(IGNORE)
+            continue
+        while seg < len(spans) - 1 and start >= spans[seg][1]:
+            if spans[seg][2]:
+                turn_ends.append(len(ids))
+            seg += 1
+        if token == image_id:
+            ids += [image_id] * image_tokens
+            labels += [IGNORE] * image_tokens
+            continue
+        ids.append(token)
+        labels.append(token if spans[seg][2] else IGNORE)  # a token is supervised when it starts inside an answer segment
+    turn_ends.append(len(ids))
+    kept = len(turn_ends)
+    while kept and turn_ends[kept - 1] > max_len:
+        kept -= 1  # drop whole turns from the end; never cut through a turn or the image block
+    if kept == 0:
+        raise ConversationError(f"the first turn alone needs {turn_ends[0]} tokens, more than max_seq_len={max_len}")
+    cut = turn_ends[kept - 1]
+    out = Encoded(ids[:cut], labels[:cut], kept, len(questions))
+    if out.input_ids.count(image_id) != image_tokens:
+        raise ConversationError(f"{out.input_ids.count(image_id)} image tokens for {image_tokens} image features")
+    if out.supervised == 0:
         raise ConversationError("no supervised token (empty answers)")
-    return enc
+    return out
 
 
 @dataclass

@@ -55,6 +55,7 @@ class ChatFormat:
     user_end: str
     assistant_start: str
     answer_end: str
+    answer_start: str = ""  # supervised text before an answer (Vicuna's space after "ASSISTANT:")
     after_answer: str = ""
     system: str = SYSTEM_PROMPT  # BOS is the tokenizer's business: it adds it (or not) as it does for any text
 
@@ -75,7 +76,7 @@ class ChatFormat:
             + "{%- for part in message['content'] -%}{%- if part['type'] == 'image' -%}" + lit(IMAGE_TOKEN + "\n")
             + "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
             + lit(self.user_end)
-            + "{%- else -%}" + lit(self.assistant_start)
+            + "{%- else -%}" + lit(self.assistant_start + self.answer_start)
             + "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
             + "{%- for part in message['content'] -%}{%- if part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
             + lit(self.answer_end + self.after_answer)
@@ -102,6 +103,7 @@ VICUNA = ChatFormat(
     user_start=" USER: ",
     user_end="",
     assistant_start=" ASSISTANT:",
+    answer_start=" ",
     answer_end="</s>",
     system="A chat between a curious user and a glass scientist who reads SEM micrographs. "
     "The assistant gives helpful, detailed and polite answers.",

@@ -503,7 +503,9 @@ class Recipe:
             if not getattr(self, "_sharded", False):
                 for layer in loss_module.hf().model.language_model.layers:
                     fully_shard(layer)
-                fully_shard(loss_module)
+                # the root reshards after forward too: an eval forward (no backward) would otherwise leave the gathered
+                # parameters registered, and an optimizer built then would hold them instead of the shards
+                fully_shard(loss_module, reshard_after_forward=True)
                 self._sharded = True
             return loss_module
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -535,10 +537,13 @@ class Recipe:
         global_step = 0
         with self._tracking(report, state) as run:
             for stage_index, plan in enumerate(self.plans):
-                groups = self._trainable(plan)
                 if not hasattr(self, "loss_module"):
                     self.loss_module = AnswerLoss(self.built.model)  # one instance: FSDP shards it once, eval reuses it
-                wrapped = self._wrap(self.loss_module)
+                if self.fsdp:
+                    wrapped = self._wrap(self.loss_module)  # sharding replaces the parameters: collect them afterwards
+                groups = self._trainable(plan)
+                if not self.fsdp:
+                    wrapped = self._wrap(self.loss_module)  # DDP hooks the parameters that require grad: set them first
                 lrs = {"projector": plan.lr_projector, "language_model": plan.lr_lm}
                 opt_groups = [{"params": ps, "lr": lrs[name], "name": name} for name, ps in groups]
                 fused = {"fused": True} if self.dist.device.startswith("cuda") else {"foreach": True}

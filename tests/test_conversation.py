@@ -183,11 +183,6 @@ def test_piecewise_ids_equal_the_processors_chat_template_small():
     assert_piecewise_equals_template(built)
 
 
-SENTENCEPIECE_MISMATCH = ("known: with a SentencePiece (LLaMA-style) tokenizer each Vicuna piece is tokenized with a dummy prefix, "
-                          "so 'ASSISTANT:' + 'The' trains on '▁The' while the template renders 'ASSISTANT:The'")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=SENTENCEPIECE_MISMATCH)
 def test_piecewise_ids_equal_the_template_for_vicuna_with_a_sentencepiece_tokenizer(tmp_path):
     """The paper presets' format with a LLaMA-style tokenizer (a SentencePiece BPE trained here, as OpenLLaMA's)."""
     spm = pytest.importorskip("sentencepiece")
@@ -208,3 +203,5 @@ def test_piecewise_ids_equal_the_template_for_vicuna_with_a_sentencepiece_tokeni
     text = processor.apply_chat_template(messages(QUESTIONS[:2], ANSWERS[:2]), tokenize=False)
     rendered = processor(images=[Image.new("RGB", (28, 28))], text=[text])["input_ids"][0]
     assert rendered == enc.input_ids
+    supervised = tok.decode([t for t, label in zip(enc.input_ids, enc.labels) if label != IGNORE])
+    assert supervised.replace(" ", "") == "".join(a + "</s>" for a in ANSWERS[:2]).replace(" ", "")

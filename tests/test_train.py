@@ -260,6 +260,35 @@ def test_ddp_on_two_processes_ends_with_identical_weights_and_one_mlflow_run(dat
     assert tracking.get_alias_version("glassllava", "candidate") is None  # --no-register
 
 
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_resumes_from_its_sharded_checkpoint_to_the_uninterrupted_weights(dataset_tree, tmp_path):
+    """FSDP2 on CPU (gloo): a run stopped after 3 steps resumes from its torch.distributed.checkpoint shards and ends
+    where an uninterrupted FSDP run ends; the saved model is a plain transformers model."""
+    from transformers import AutoModelForImageTextToText
+
+    def torchrun(layout: DataLayout, params: Path, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "glassllava.train",
+               "--params", str(params), "--data", str(layout.root), "--no-register", *extra]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+
+    params = tiny_params(epochs=1.0, sample_answers=0, checkpoint_every_steps=2, distributed="fsdp")
+    params_file = write_params(params, tmp_path / "params.yaml")
+    whole = data_copy(dataset_tree, tmp_path / "whole")
+    done = torchrun(whole, params_file)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    split = data_copy(dataset_tree, tmp_path / "split")
+    stopped = torchrun(split, params_file, "--stop-after-steps", "3")
+    assert stopped.returncode != 0 and list((split.train / "checkpoints").glob("*/dcp-*")), (stopped.stdout + stopped.stderr)[-3000:]
+    resumed = torchrun(split, params_file)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    report = json.loads((split.train / "report.json").read_text())
+    assert report["resumed_from_step"] == 2 and report["world"] == 2
+    a, b = model_weights(whole.model), model_weights(split.model)
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert type(AutoModelForImageTextToText.from_pretrained(split.model)).__name__ == "FastVlmForConditionalGeneration"
+
 # ---- LoRA ------------------------------------------------------------------------------------------
 def test_a_paper_lora_run_trains_the_adapters_and_the_projector_and_saves_a_merged_model(dataset_tree, paper_weights, tmp_path):
     from transformers import AutoModelForImageTextToText
