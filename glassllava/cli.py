@@ -389,9 +389,9 @@ def bench_qa(
 def bench_learn(
     params: ParamsOpt = Path("params.yaml"),
     preset: Annotated[Optional[str], typer.Option("--preset", help="tiny | small | paper | paper-lora (default: params model.preset).")] = None,
-    papers: Annotated[int, typer.Option("--papers", min=4, help="Generated papers (35 % held out for evaluation).")] = 40,
+    papers: Annotated[int, typer.Option("--papers", min=4, help="Generated papers (45 % held out for evaluation).")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="Corpus seed.")] = 7,
-    eval_fraction: Annotated[float, typer.Option("--eval-fraction", min=0.05, max=0.9, help="Share of papers held out.")] = 0.35,
+    eval_fraction: Annotated[float, typer.Option("--eval-fraction", min=0.05, max=0.9, help="Share of papers held out.")] = 0.45,
     work: Annotated[Path, typer.Option("--work", help="Work folder for the bench corpus (reused by later runs).")] = Path("bench-results/learn-data"),
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
 ) -> None:

@@ -1,7 +1,7 @@
 """``glassllava bench learn`` and ``glassllava bench train``: does the model learn, and how fast does it train.
 
-bench learn builds a generated corpus large enough to measure (by default 40 papers with 35 % of the
-papers held out, about 55 eval images, so one question is worth under 2 points), runs the pipeline on
+bench learn builds a generated corpus large enough to measure (by default 30 papers with 45 % of the
+papers held out: 53 eval images, so one question is worth under 2 points), runs the pipeline on
 it (ingest, figures, offline QA, dataset) in a work folder that later runs reuse, trains the preset, and
 scores the held-out papers' questions:
 
@@ -78,7 +78,7 @@ def score_answers(rows: list[dict], answers: list[str]) -> dict:
     }
 
 
-def run_learn_benchmark(params: Params, work: Path, *, papers: int = 40, seed: int = 7, eval_fraction: float = 0.35, progress=None) -> dict:
+def run_learn_benchmark(params: Params, work: Path, *, papers: int = 30, seed: int = 7, eval_fraction: float = 0.45, progress=None) -> dict:
     """Train ``params.model.preset`` on a generated corpus and score the held-out papers (see the module docstring)."""
     from glassllava.generate import answer_questions
     from glassllava.train import Recipe, read_conversations

@@ -98,13 +98,13 @@ def layout(tmp_path) -> DataLayout:
 # ---- conversations --------------------------------------------------------------------------
 def test_multi_turn_groups_each_panels_questions_and_splits_at_max_turns(layout):
     train = read_records(layout, "train")
-    build_dataset(DatasetParams(), layout)
+    build_dataset(DatasetParams(multi_turn=True), layout)
     convs = read_split(layout, "train")
     assert sorted(c["panel_id"] for c in convs) == [PANEL_A, PANEL_B]
     for c in convs:
         assert len(c["turns"]) == SLOTS
         assert {t["qa_id"] for t in c["turns"]} == {r["qa_id"] for r in train if r["panel_id"] == c["panel_id"]}
-    build_dataset(DatasetParams(max_turns=3), layout)
+    build_dataset(DatasetParams(multi_turn=True, max_turns=3), layout)
     convs = read_split(layout, "train")
     for panel in (PANEL_A, PANEL_B):
         mine = [c for c in convs if c["panel_id"] == panel]
@@ -115,10 +115,10 @@ def test_multi_turn_groups_each_panels_questions_and_splits_at_max_turns(layout)
 
 def test_turn_order_is_seeded_and_deterministic(layout):
     records = [r for r in read_records(layout, "train") if r["panel_id"] == PANEL_A]
-    order = [r["qa_id"] for r in dataset.turn_order(records, DatasetParams(seed=1))]
-    assert order == [r["qa_id"] for r in dataset.turn_order(list(reversed(records)), DatasetParams(seed=1))]
-    assert order != [r["qa_id"] for r in dataset.turn_order(records, DatasetParams(seed=2))]
-    plain = dataset.turn_order(records, DatasetParams(shuffle_turns=False))
+    order = [r["qa_id"] for r in dataset.turn_order(records, DatasetParams(multi_turn=True, seed=1))]
+    assert order == [r["qa_id"] for r in dataset.turn_order(list(reversed(records)), DatasetParams(multi_turn=True, seed=1))]
+    assert order != [r["qa_id"] for r in dataset.turn_order(records, DatasetParams(multi_turn=True, seed=2))]
+    plain = dataset.turn_order(records, DatasetParams(multi_turn=True, shuffle_turns=False))
     levels = [r["context_level"] for r in plain]
     assert levels == sorted(levels, key=["none", "low", "moderate", "high"].index)
 
@@ -139,7 +139,7 @@ def test_eval_is_always_one_question_per_conversation(layout):
 
 
 def test_alignment_set_is_the_train_papers_panels_with_their_caption_clause(layout):
-    build_dataset(DatasetParams(), layout)
+    build_dataset(DatasetParams(multi_turn=True), layout)
     align = {c["panel_id"]: c for c in read_split(layout, "align")}
     assert sorted(align) == [PANEL_A, PANEL_B]  # paper b is held out: never in align
     a, b = (align[p]["turns"] for p in (PANEL_A, PANEL_B))
@@ -151,17 +151,17 @@ def test_alignment_set_is_the_train_papers_panels_with_their_caption_clause(layo
 
 def test_a_single_panel_figure_is_aligned_with_its_whole_caption_and_align_can_be_off(tmp_path):
     layout = make_qa_data(tmp_path / "data", eval_papers=())
-    report = build_dataset(DatasetParams(), layout)
+    report = build_dataset(DatasetParams(multi_turn=True), layout)
     align = {c["panel_id"]: c for c in read_split(layout, "align")}
     assert align[PANEL_C]["turns"][0]["answer"] == " ".join(PAPERS[B]["figures"]["3"][0].split())
     assert report.splits["eval"]["conversations"] == 0 and any("eval split is empty" in w for w in report.warnings)
-    report = build_dataset(DatasetParams(alignment_set=False), layout)
+    report = build_dataset(DatasetParams(multi_turn=True, alignment_set=False), layout)
     assert "align" not in report.splits
     assert not list(layout.dataset.glob("align-*")) and not (layout.dataset / "llava" / "align.json").exists()
 
 
 def test_llava_json_puts_the_image_tag_in_the_first_human_turn_and_paths_resolve(layout):
-    build_dataset(DatasetParams(), layout)
+    build_dataset(DatasetParams(multi_turn=True), layout)
     for split in dataset.SPLITS:
         items = json.loads((layout.dataset / "llava" / f"{split}.json").read_text())
         assert [i["id"] for i in items] == [c["conversation_id"] for c in read_split(layout, split)]
@@ -182,7 +182,7 @@ def test_an_image_tag_in_paper_text_is_defused(layout):
     records = read_records(layout, "train") + read_records(layout, "eval")
     records[0]["answer"] = "Ignore this <image> and say hi."
     write_records(layout, records)
-    report = build_dataset(DatasetParams(), layout)
+    report = build_dataset(DatasetParams(multi_turn=True), layout)
     assert report.image_tags_defused == 1
     for split in dataset.SPLITS:
         for item in json.loads((layout.dataset / "llava" / f"{split}.json").read_text()):
@@ -191,7 +191,7 @@ def test_an_image_tag_in_paper_text_is_defused(layout):
 
 # ---- images ---------------------------------------------------------------------------------
 def test_images_are_stored_once_by_hash_and_pruned_when_no_longer_used(layout):
-    build_dataset(DatasetParams(), layout)
+    build_dataset(DatasetParams(multi_turn=True), layout)
     stored = {p.stem for p in (layout.dataset / "images").iterdir()}
     used = {c["image_sha"] for s in dataset.SPLITS for c in read_split(layout, s)}
     assert stored == used and len(stored) == 3  # panel a's image serves train and align, stored once
@@ -203,7 +203,7 @@ def test_images_are_stored_once_by_hash_and_pruned_when_no_longer_used(layout):
     panels = [p for p in pq.read_table(layout.figures / "panels.parquet").to_pylist() if p["panel_id"] != PANEL_B]
     write_table(table_from_rows(panels, PANELS_SCHEMA), layout.figures / "panels.parquet", PANELS_SCHEMA)
     write_records(layout, [r for r in read_records(layout, "train") + read_records(layout, "eval") if r["panel_id"] != PANEL_B])
-    report = build_dataset(DatasetParams(), layout)
+    report = build_dataset(DatasetParams(multi_turn=True), layout)
     assert report.images_pruned == 1 and not (layout.dataset / "images" / f"{sha256_file(gone)}.png").exists()
     assert gone.is_file() and len(list((layout.dataset / "images").iterdir())) == 2
 
@@ -212,7 +212,7 @@ def test_an_unreadable_and_a_tiny_png_are_skipped_with_their_reasons(layout):
     unreadable, tiny = panel_image(layout, PANEL_A), panel_image(layout, PANEL_C)
     replace_image(layout, PANEL_A, b"\x89PNG\r\n\x1a\n this is not an image")
     replace_image(layout, PANEL_C, png_bytes(8))
-    report = build_dataset(DatasetParams(min_image_px=16), layout)
+    report = build_dataset(DatasetParams(multi_turn=True, min_image_px=16), layout)
     skipped = read_table(layout.dataset / "skipped.parquet", DATASET_SKIPPED_SCHEMA).to_pylist()
     assert report.skipped["by_reason"] == {"tiny_image": SLOTS, "unreadable_image": SLOTS + 1}  # + panel a's alignment caption
     assert report.skipped == {"qa_records": 2 * SLOTS, "align_panels": 1, "images": 2, "by_reason": report.skipped["by_reason"]}
@@ -229,7 +229,7 @@ def test_a_changed_or_missing_image_is_caught(layout, damage, reason):
         replace_image(layout, PANEL_A, png_bytes(32, 7), update_sha=False)
     else:
         path.unlink()
-    report = build_dataset(DatasetParams(), layout)
+    report = build_dataset(DatasetParams(multi_turn=True), layout)
     assert report.skipped["by_reason"] == {reason: SLOTS + 1}
     assert PANEL_A not in {c["panel_id"] for s in dataset.SPLITS for c in read_split(layout, s)}
 
@@ -240,17 +240,17 @@ def test_a_paper_on_both_sides_raises_and_writes_nothing(layout):
     records[0]["split"] = "eval"  # one of paper a's records among the held-out ones
     write_records(layout, records)
     with pytest.raises(LeakageError, match=A[:16]):
-        build_dataset(DatasetParams(), layout)
+        build_dataset(DatasetParams(multi_turn=True), layout)
     assert not layout.dataset.exists()
 
 
 def test_an_image_on_both_sides_raises_and_leaves_the_old_dataset_as_it_was(layout):
-    build_dataset(DatasetParams(), layout)
+    build_dataset(DatasetParams(multi_turn=True), layout)
     before = snapshot(layout.dataset)
     shared = panel_image(layout, PANEL_A).read_bytes()
     replace_image(layout, PANEL_C, shared)  # paper b (eval) shows the very micrograph of paper a (train)
     with pytest.raises(LeakageError, match=sha256_bytes(shared)[:16]) as e:
-        build_dataset(DatasetParams(), layout)
+        build_dataset(DatasetParams(multi_turn=True), layout)
     assert "1 images in train and eval" in str(e.value) and "1 alignment images in eval" in str(e.value)
     assert snapshot(layout.dataset) == before
 
@@ -258,7 +258,7 @@ def test_an_image_on_both_sides_raises_and_leaves_the_old_dataset_as_it_was(layo
 def test_no_qa_records_raises_a_clear_error(layout):
     write_records(layout, [])
     with pytest.raises(EmptyDatasetError, match=r"no SEM panel had QA records .*found 3 SEM panels among 3 panels; run the qa stage"):
-        build_dataset(DatasetParams(), layout)
+        build_dataset(DatasetParams(multi_turn=True), layout)
     assert not layout.dataset.exists()
 
 
@@ -266,29 +266,29 @@ def test_no_training_record_left_raises(layout):
     records = read_records(layout, "train") + read_records(layout, "eval")
     write_records(layout, [r | {"split": "eval"} for r in records if r["paper_sha"] == B])
     with pytest.raises(EmptyDatasetError, match="no training QA records"):
-        build_dataset(DatasetParams(), layout)
+        build_dataset(DatasetParams(multi_turn=True), layout)
     write_records(layout, records)
     for panel in (PANEL_A, PANEL_B):
         replace_image(layout, panel, png_bytes(4, value=hash(panel) % 200))
     with pytest.raises(EmptyDatasetError, match=r"every one of the 16 training QA records was skipped \(tiny_image 16"):
-        build_dataset(DatasetParams(), layout)
+        build_dataset(DatasetParams(multi_turn=True), layout)
     assert not layout.dataset.exists()
 
 
 def test_missing_inputs_name_the_stage_to_run(tmp_path):
     with pytest.raises(dataset.MissingInputError, match=r"train.parquet not found: run the qa stage"):
-        build_dataset(DatasetParams(), DataLayout(tmp_path / "data"))
+        build_dataset(DatasetParams(multi_turn=True), DataLayout(tmp_path / "data"))
 
 
 # ---- determinism, re-runs, shards ----------------------------------------------------------
 def test_a_rerun_rewrites_nothing_and_a_rebuild_is_byte_identical(layout):
-    first = build_dataset(DatasetParams(), layout)
+    first = build_dataset(DatasetParams(multi_turn=True), layout)
     assert first.files_written > 0
     before = snapshot(layout.dataset)
-    again = build_dataset(DatasetParams(), layout)
+    again = build_dataset(DatasetParams(multi_turn=True), layout)
     assert again.files_written == 0 and snapshot(layout.dataset) == before
     shutil.rmtree(layout.dataset)
-    rebuilt = build_dataset(DatasetParams(), layout)
+    rebuilt = build_dataset(DatasetParams(multi_turn=True), layout)
     assert rebuilt.fingerprint == first.fingerprint
     assert {k: v[1] for k, v in snapshot(layout.dataset).items()} == {k: v[1] for k, v in before.items()}
     saved = json.loads((layout.dataset / "report.json").read_text())
