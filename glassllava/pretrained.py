@@ -74,7 +74,8 @@ def _cached_folder(cache: Path, name: str, source: Path, build) -> Path:
     """``cache/<name>-<sha12 of source + converter>``, built by ``build(tmp_folder)`` when absent."""
     from glassllava.files import sha256_json
 
-    key = sha256_json({"source_sha256": sha256_file(source), "converter": CONVERTER_VERSION})[:12]
+    source_sha = sha256_file(source)
+    key = sha256_json({"source_sha256": source_sha, "converter": CONVERTER_VERSION})[:12]
     final = cache / f"{name}-{key}"
     if (final / "converted.json").is_file():
         return final
@@ -83,7 +84,7 @@ def _cached_folder(cache: Path, name: str, source: Path, build) -> Path:
     try:
         log.info("converting %s once into %s", source.name, final)
         build(tmp)
-        atomic_write_json(tmp / "converted.json", {"source": str(source), "source_sha256": sha256_file(source), "converter": CONVERTER_VERSION})
+        atomic_write_json(tmp / "converted.json", {"source": str(source), "source_sha256": source_sha, "converter": CONVERTER_VERSION})
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first: its folder is as good as ours

@@ -592,12 +592,12 @@ class Recipe:
                         # throughput: time steps only (not eval or checkpoints); FLOPs of the work done
                         flops = sum(sample_flops(len(samples[i].encoded.input_ids), n_params=n_params, layers=text.num_hidden_layers,
                                                  width=text.hidden_size, trains_lm=plan.lr_lm is not None) for mb in steps[b_index] for i in mb)
-                        s, tok, fl = _all_sum(self.dist, [n_samples, n_tok, flops])
+                        s, tok, fl, loss = _all_sum(self.dist, [n_samples, n_tok, flops, loss_sum])  # one collective per step
                         totals["seconds"] += time.perf_counter() - tick
                         totals["samples"] += s
                         totals["tokens"] += tok
                         totals["flops"] += fl
-                        loss = _all_sum(self.dist, [loss_sum])[0] / self.dist.world
+                        loss /= self.dist.world
                         point = {"stage": plan.name, "epoch": epoch, "step": global_step, "loss": round(loss, 5), "lr": scheduler.get_last_lr()[-1]}
                         report.loss_curve.append(point)
                         if global_step % t.log_every_steps == 0 or stage_step == total_steps:
