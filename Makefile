@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	dvc repro
+	scripts/with-prefect-server dvc repro
 	glassllava status
 
 test: $(VENV)/.installed

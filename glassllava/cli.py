@@ -388,7 +388,7 @@ def bench_qa(
 @bench_app.command("learn")
 def bench_learn(
     params: ParamsOpt = Path("params.yaml"),
-    preset: Annotated[Optional[str], typer.Option("--preset", help="tiny | small | paper | paper-lora (default: params model.preset).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="tiny | small | small-lora | paper | paper-lora (default: params model.preset).")] = None,
     papers: Annotated[int, typer.Option("--papers", min=4, help="Generated papers (45 % held out for evaluation).")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="Corpus seed.")] = 7,
     eval_fraction: Annotated[float, typer.Option("--eval-fraction", min=0.05, max=0.9, help="Share of papers held out.")] = 0.45,
@@ -417,12 +417,13 @@ def bench_learn(
 
 @bench_app.command("train")
 def bench_train(
-    preset: Annotated[str, typer.Option("--preset", help="tiny | small | paper | paper-lora")] = "small",
+    preset: Annotated[str, typer.Option("--preset", help="tiny | small | small-lora | paper | paper-lora")] = "small",
     batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per step.")] = 8,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps (after 2 warm-up steps).")] = 5,
     text_tokens: Annotated[int, typer.Option("--text-tokens", min=8, help="Text tokens per sample besides the image block.")] = 80,
     random_init: Annotated[bool, typer.Option("--random-init", help="The preset's shapes with random weights (no weights needed).")] = False,
     checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Activation checkpointing in the language model.")] = False,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto | fp32 | bf16-autocast (default: params train.precision).")] = None,
     params: ParamsOpt = Path("params.yaml"),
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
 ) -> None:
@@ -434,9 +435,12 @@ def bench_train(
     from glassllava.model import ModelWeightsMissing
 
     p = _load(params)
+    if precision not in (None, "auto", "fp32", "bf16-autocast"):
+        _fail(f"--precision {precision}: expected auto, fp32 or bf16-autocast")
     try:
         result = run_train_benchmark(p.model.model_copy(update={"preset": preset}), batch=batch, steps=steps, text_tokens=text_tokens,
-                                     random_init=random_init, gradient_checkpointing=checkpointing)
+                                     random_init=random_init, gradient_checkpointing=checkpointing,
+                                     precision=precision or p.train.precision)
     except ModelWeightsMissing as e:
         _fail(str(e))
     _write_result(result, out)

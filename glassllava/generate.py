@@ -28,12 +28,15 @@ class Answer:
     seconds: float
 
 
-def load(model_dir: str | Path, device: str | None = None):
-    """(model, processor) from a Hugging Face folder, in eval mode, on ``device`` (default: GPU if any)."""
+def load(model_dir: str | Path, device: str | None = None, dtype: torch.dtype | None = None):
+    """(model, processor) from a Hugging Face folder, in eval mode, on ``device`` (default: GPU if any), in bf16
+    where the device computes it natively (GPUs, CPUs with AVX512-BF16 or AMX), else fp32."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from glassllava.model import inference_dtype
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = dtype or inference_dtype(device)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     return model, AutoProcessor.from_pretrained(model_dir)
 

@@ -94,7 +94,10 @@ def run_learn_benchmark(params: Params, work: Path, *, papers: int = 30, seed: i
     rows = [{**r["turns"][0], "image": r["image_path"]} for r in eval_rows]
     items = [{"image": r["image"], "question": r["question"]} for r in rows]
     t2 = time.perf_counter()
-    model, processor = recipe.hf, recipe.built.processor
+    from glassllava.model import inference_dtype
+
+    device = next(recipe.hf.parameters()).device.type
+    model, processor = recipe.hf.to(inference_dtype(device)), recipe.built.processor  # as generate.load serves it
     max_new = params.train.max_new_tokens
     answers = [a.text for a in answer_questions(model, processor, items, max_new_tokens=max_new, progress=progress and (lambda d, n: progress("answering", d, n)))]
     defect_rows = [r for r in rows if r["question_type"] == "defect_detection"]
@@ -135,10 +138,10 @@ def run_learn_benchmark(params: Params, work: Path, *, papers: int = 30, seed: i
 
 # ---- bench train --------------------------------------------------------------------------------
 def run_train_benchmark(model_params: ModelParams, *, batch: int, steps: int = 10, warmup: int = 2, text_tokens: int = 200,
-                        random_init: bool = False, gradient_checkpointing: bool = False, lr: float = 1e-5) -> dict:
+                        random_init: bool = False, gradient_checkpointing: bool = False, lr: float = 1e-5, precision: str = "auto") -> dict:
     """Time ``steps`` optimizer steps (after ``warmup``) of the recipe's own loss on synthetic batches."""
     from glassllava.model import apply_lora, build_model
-    from glassllava.train import AnswerLoss, device_peak_flops, lm_matmul_params, peak_memory_gib, sample_flops
+    from glassllava.train import AnswerLoss, device_peak_flops, lm_matmul_params, peak_memory_gib, sample_flops, uses_bf16_autocast
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     built = build_model(model_params, random_init=random_init)
@@ -150,7 +153,7 @@ def run_train_benchmark(model_params: ModelParams, *, batch: int, steps: int = 1
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
     hf.model.vision_tower.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=lr, **({"fused": True} if device == "cuda" else {"foreach": True}))
+    opt = torch.optim.AdamW(trainable, lr=lr, fused=True)
     cfg = hf.config
     n_img = cfg.image_seq_length
     seq = n_img + text_tokens + 8
@@ -168,14 +171,14 @@ def run_train_benchmark(model_params: ModelParams, *, batch: int, steps: int = 1
         feats = tower_features(hf, pixel.to(device, next(hf.model.vision_tower.parameters()).dtype)).float()
     ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
     loss_fn = AnswerLoss(model)
-    autocast = device == "cuda"
+    autocast = uses_bf16_autocast(device, precision)
     text = cfg.text_config
     n_params = lm_matmul_params(model)
-    flops_per_step = batch * sample_flops(seq, n_params=n_params, layers=text.num_hidden_layers, width=text.hidden_size, trains_lm=True)
+    flops_per_step = batch * sample_flops(seq, n_params=n_params, layers=text.num_hidden_layers, width=text.hidden_size, trains_lm=not built.preset.lora)
     losses = []
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             loss = loss_fn(ids, mask, labels, feats)
         loss.backward()
         opt.step()
@@ -193,7 +196,7 @@ def run_train_benchmark(model_params: ModelParams, *, batch: int, steps: int = 1
     if device == "cuda":
         torch.cuda.synchronize()
     sec = time.perf_counter() - t
-    peak, source = device_peak_flops(device)
+    peak, source = device_peak_flops(device, bf16=autocast)
     final = float(losses[-1])
     return {
         "preset": model_params.preset, "random_init": random_init, "batch": batch, "seq_len": seq, "image_tokens": n_img, "steps": steps,
@@ -201,5 +204,5 @@ def run_train_benchmark(model_params: ModelParams, *, batch: int, steps: int = 1
         "step_s": round(sec / steps, 4), "mfu": round(flops_per_step * steps / sec / peak, 5), "peak_flops": peak, "peak_source": source,
         "peak_mem_gib": round(peak_memory_gib(device), 3), "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "threads": torch.get_num_threads(), "trainable_params": sum(p.numel() for p in trainable), "lm_matmul_params": n_params,
-        "gradient_checkpointing": gradient_checkpointing, "loss_finite": math.isfinite(final), "final_loss": round(final, 4),
+        "gradient_checkpointing": gradient_checkpointing, "precision": "bf16-autocast" if autocast else "fp32", "loss_finite": math.isfinite(final), "final_loss": round(final, 4),
     }

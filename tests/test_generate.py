@@ -41,6 +41,14 @@ def loaded(model_dir):
     return load(model_dir, device="cpu")
 
 
+def test_load_serves_bf16_where_the_device_computes_it_natively(model_dir):
+    from glassllava.model import inference_dtype
+
+    model, _ = load(model_dir, device="cpu")
+    assert model.dtype == inference_dtype("cpu") and not model.training
+    assert load(model_dir, device="cpu", dtype=torch.float32)[0].dtype == torch.float32
+
+
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("pictures")

@@ -29,7 +29,7 @@ from .test_dataset import make_qa_data
 from .test_model import paper_params, paper_weights  # noqa: F401  (paper_weights is a fixture)
 
 # 2 alignment conversations (1 step), 16 single-turn training conversations in batches of 2 (8 steps an epoch, 2 epochs):
-# 17 optimizer steps, checkpoints at steps 3, 6, 9 (also an epoch end), 12, 15.
+# 17 optimizer steps, checkpoints at steps 3, 6, 9, 12, 15.
 TRAIN = dict(batch_size=2, stage1_epochs=1.0, epochs=2.0, checkpoint_every_steps=3, log_every_steps=2, sample_answers=1, max_new_tokens=4,
              eval_conversations=2)
 STEPS = 1 + 16
@@ -188,6 +188,40 @@ def test_stopping_in_process_and_resuming_gives_the_uninterrupted_weights(datase
     report = Recipe(tiny_params(), layout, track=False).run()
     assert report.resumed_from_step == 9 and report.loss_curve == reference["loss_curve"]
     assert_same_weights(model_weights(layout.model), reference["weights"])
+
+
+def test_the_clock_rule_checkpoints_and_resumes_exactly(dataset_tree, reference, tmp_path):
+    """checkpoint_every_minutes alone (no step rule): a checkpoint is taken when the interval has passed, and resuming
+    from it ends with the uninterrupted weights. An interval of ~0 makes every step due."""
+    layout = data_copy(dataset_tree, tmp_path)
+    clock = dict(checkpoint_every_steps=None, checkpoint_every_minutes=1e-9)
+    with pytest.raises(KeyboardInterrupt, match="stopped after 5 steps"):
+        Recipe(tiny_params(**clock), layout, track=False, stop_after_steps=5).run()
+    (index,) = layout.train.glob("checkpoints/*/latest.json")
+    assert json.loads(index.read_text())["step"] == 5
+    report = Recipe(tiny_params(**clock), layout, track=False).run()
+    assert report.resumed_from_step == 5 and report.loss_curve == reference["loss_curve"]
+    assert_same_weights(model_weights(layout.model), reference["weights"])
+
+
+def test_without_a_due_rule_no_checkpoint_is_written(dataset_tree, tmp_path):
+    layout = data_copy(dataset_tree, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        Recipe(tiny_params(checkpoint_every_steps=None, checkpoint_every_minutes=60), layout, track=False, stop_after_steps=12).run()
+    assert not list(layout.train.glob("checkpoints/*/latest.json"))
+
+
+@pytest.mark.parametrize(("device", "precision", "expected"), [
+    ("cpu", "fp32", False), ("cuda:0", "fp32", False), ("cpu", "bf16-autocast", True), ("cuda:0", "auto", True),
+])
+def test_precision_reading(device, precision, expected):
+    assert train.uses_bf16_autocast(device, precision) is expected
+
+
+def test_auto_precision_on_cpu_follows_the_cpu_flags():
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert train.uses_bf16_autocast("cpu", "auto") is native
 
 
 def test_a_corrupt_checkpoint_is_not_loaded_and_training_starts_over(dataset_tree, reference, tmp_path, caplog):
