@@ -96,12 +96,15 @@ class _Progress:
 
 
 def _load(params_path: Path):
-    from glassllava.params import ParamsError, load_params
+    """The params, or one line per problem on stderr and exit status 2 (``glassllava.params.ParamsError``)."""
+    from glassllava.params import EXIT_PARAMS_ERROR, ParamsError, load_params
 
     try:
         return load_params(params_path)
     except ParamsError as e:
-        _fail(str(e))
+        for line in e.lines:
+            typer.echo(line, err=True)
+        raise typer.Exit(EXIT_PARAMS_ERROR) from None
 
 
 @app.command()
@@ -282,6 +285,39 @@ def status(data: DataOpt = Path("data")) -> None:
         table.add_column(col)
     for row in rows:
         table.add_row(*row)
+    Console().print(table)
+
+
+@app.command()
+def quarantine(
+    data: DataOpt = Path("data"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
+) -> None:
+    """Every quarantined input: its original name, the reason, when it was seen, whether it is still among the
+    sources, and where its bytes are kept. A record outlives its file: taking a bad PDF out of the inbox does
+    not lose why its copy in data/quarantine/ was kept.
+
+    Example: glassllava quarantine
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from glassllava.params import DataLayout
+    from glassllava.report import quarantine_records
+
+    records = quarantine_records(DataLayout(data))
+    if as_json:
+        print(json.dumps(records, indent=1))
+        return
+    if not records:
+        Console().print(f"nothing quarantined under {data}/")
+        return
+    table = Table(title=f"Quarantined inputs ({len(records)})")
+    for col in ("name", "reason", "detail", "seen", "still a source", "kept at"):
+        table.add_column(col)
+    for r in records:
+        cells = (r["name"], r["reason"], r["detail"], r["seen_at"] or "", "yes" if r["present"] else "no (removed)", r["kept_at"] or "")
+        table.add_row(*(escape(c) for c in cells))  # file names and details are not rich markup
     Console().print(table)
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
@@ -42,6 +44,7 @@ from glassllava.schemas import (
     PAPERS_SCHEMA,
     PARAGRAPHS_SCHEMA,
     QUARANTINE_SCHEMA,
+    conform,
     read_table,
     table_from_rows,
     write_table,
@@ -137,6 +140,10 @@ class IngestReport:
 # ---- sources ------------------------------------------------------------------------
 
 
+def _is_inbox_readme(path: Path, inbox: Path) -> bool:
+    return path.parent.resolve() == inbox.resolve() and path.stem.upper() == "README" and path.suffix.lower() in ("", ".md", ".txt")
+
+
 def collect_sources(corpus: CorpusParams, layout: DataLayout, generated_dir: Path | None = None) -> list[Source]:
     """Inputs named by ``corpus.sources``, in that order; files sorted by name within a folder."""
     sources: list[Source] = []
@@ -151,8 +158,9 @@ def collect_sources(corpus: CorpusParams, layout: DataLayout, generated_dir: Pat
             folder = Path(corpus.inbox)
             urls_file = Path(corpus.urls_file).resolve()
             files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-            # every file is checked (non-PDFs are quarantined), except the URL list and hidden files
-            files = [p for p in files if p.resolve() != urls_file and not p.name.startswith(".")]
+            # every file is checked (non-PDFs are quarantined), except the URL list, hidden files and the
+            # folder's own README (it explains the inbox; quarantining it on every run would be noise)
+            files = [p for p in files if p.resolve() != urls_file and not p.name.startswith(".") and not _is_inbox_readme(p, folder)]
             sources += [Source(str(p), "inbox", p) for p in files]
         elif kind == "urls":
             path = Path(corpus.urls_file)
@@ -261,11 +269,22 @@ def ingest_pdf(pdf: Path | bytes, params: IngestParams, *, paper_sha: str | None
                 log.debug("parse error in %s", sha, exc_info=True)
                 return Quarantined("parse_error", f"{type(e).__name__}: {e}")
     except pdfium.PdfiumError as e:  # only opening can raise here: parsing errors are caught above
-        if e.err_code == pdfium_c.FPDF_ERR_PASSWORD:
+        # PDFium's error code is process-wide and not reset by a failure that sets none: check the bytes first
+        if _EMPTY_PAGE_TREE.search(data) and not _PAGE_OBJECT.search(data):
+            return Quarantined("parse_error", "the document has no pages (its page tree is empty)")
+        if e.err_code == pdfium_c.FPDF_ERR_PASSWORD and b"/Encrypt" in data:
             return Quarantined("encrypted", "a password is needed to open it")
         if e.err_code in (pdfium_c.FPDF_ERR_FORMAT, pdfium_c.FPDF_ERR_FILE):
             return Quarantined("truncated", f"pdfium cannot load it: {e}")
+        if e.err_code == pdfium_c.FPDF_ERR_SUCCESS:  # "Failed to load document (PDFium: Success)" says nothing
+            return Quarantined("parse_error", "PDFium cannot load it and names no error: its structure is probably broken")
         return Quarantined("parse_error", f"pdfium: {e}")
+
+
+# a page tree that counts no pages, and a page object (/Type /Page, not /Pages); in a file with object streams
+# both may be compressed, and then the message stays the general one
+_EMPTY_PAGE_TREE = re.compile(rb"/Count\s*0(?![0-9])")
+_PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 
 
 def _parse(doc: pdfium.PdfDocument, data: bytes, sha: str, params: IngestParams) -> PaperRecord | Quarantined:
@@ -478,6 +497,7 @@ def finish_ingest(plan: IngestPlan, results: dict[str, PaperRecord | Quarantined
     ``results`` maps the sha of each pending PDF to what ``ingest_pdf`` returned for it.
     """
     previous = _previous_first_seen(layout)
+    earlier_quarantine = _previous_quarantine(layout)
     for folder in (layout.raw_pdfs, layout.quarantine, layout.ingest):  # DVC expects every output
         folder.mkdir(parents=True, exist_ok=True)
     report = IngestReport(parsed=len(results), downloaded=plan.downloaded)
@@ -510,7 +530,11 @@ def finish_ingest(plan: IngestPlan, results: dict[str, PaperRecord | Quarantined
     for sha, src in plan.also_from:  # every bad file gets its row, even a copy of another bad file
         if "quarantine" in cached[sha]:
             quarantine.append(_quarantine_row(sha, src, cached[sha]["quarantine"]))
+    for row in quarantine:
+        row["present"] = True
     report.quarantined = len(quarantine)
+    current = {(r["source_sha"], r["source"]) for r in quarantine}
+    quarantine += [{**r, "present": False} for r in earlier_quarantine if (r["source_sha"], r["source"]) not in current]
     out = layout.ingest
     report.tables = {
         "papers": write_table(table_from_rows(papers, PAPERS_SCHEMA, "papers"), out / "papers.parquet", PAPERS_SCHEMA),
@@ -567,6 +591,21 @@ def _quarantine_row(sha: str, src: Source, decision: dict) -> dict:
         "kept_at": decision["kept_at"],
         "seen_at": datetime.fromisoformat(decision["seen_at"]),
     }
+
+
+def _previous_quarantine(layout: DataLayout) -> list[dict]:
+    """The rows of the last quarantine table (an older table without ``present`` reads as all present)."""
+    path = layout.ingest / "quarantine.parquet"
+    if not path.is_file():
+        return []
+    try:
+        table = pq.read_table(path)
+        if "present" not in table.column_names:
+            table = table.append_column("present", pa.array([True] * len(table), pa.bool_()))
+        return conform(table, QUARANTINE_SCHEMA, str(path)).to_pylist()
+    except (OSError, ValueError) as e:  # a broken table only costs the history
+        log.warning("cannot read earlier quarantine records from %s: %s", path, e)
+        return []
 
 
 def _previous_first_seen(layout: DataLayout) -> dict[str, datetime]:

@@ -7,10 +7,11 @@ Load once at an entry point with ``load_params()`` and hand each stage its own s
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -37,7 +38,7 @@ class CorpusParams(_Section):
     @classmethod
     def _non_empty(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("corpus.sources must name at least one source")
+            raise ValueError("expected at least one source")
         return list(dict.fromkeys(v))
 
 
@@ -124,10 +125,11 @@ class QAParams(_Section):
             qtype, _, level = slot.partition("@")
             if qtype not in QUESTION_TYPES or level not in CONTEXT_LEVELS:
                 raise ValueError(
-                    f"slot {slot!r}: expected <type>@<level> with type in {QUESTION_TYPES} and level in {CONTEXT_LEVELS}"
+                    f"slot {slot!r}: expected <type>@<level> with type one of {', '.join(QUESTION_TYPES)}"
+                    f" and level one of {', '.join(CONTEXT_LEVELS)}"
                 )
         if not v:
-            raise ValueError("qa.slots must name at least one question slot")
+            raise ValueError("expected at least one question slot")
         return v
 
 
@@ -213,19 +215,173 @@ class Params(_Section):
 
 
 class ParamsError(ValueError):
-    """params.yaml is missing a section, has an unknown key or a value of the wrong type."""
+    """params.yaml is not valid YAML, has an unknown key or a value of the wrong type.
+
+    ``lines`` holds one line per problem, each naming the file, the dotted key, the value given and
+    what is expected, e.g. ``params.yaml: figures.dpi = 'high': expected an integer``; ``str()`` joins
+    them. Entry points print the lines to stderr and exit 2 (``report_and_exit``).
+    """
+
+    def __init__(self, lines: list[str] | str, path: str | os.PathLike | None = None) -> None:
+        self.lines = lines.splitlines() if isinstance(lines, str) else list(lines)
+        self.path = Path(path) if path is not None else None
+        super().__init__("\n".join(self.lines))
+
+
+EXIT_PARAMS_ERROR = 2  # exit status of every entry point for a bad params file (argparse's for bad usage)
 
 
 def load_params(path: str | os.PathLike | None = "params.yaml") -> Params:
-    """Read ``path`` (missing file: the embedded default) into a validated ``Params``."""
+    """Read ``path`` (missing file: the embedded default) into a validated ``Params``.
+
+    Raises ``ParamsError`` with one line per problem (unreadable file, invalid YAML, unknown key,
+    wrong type or value) and no other exception for a bad file.
+    """
     if path is None or not Path(path).exists():
         return Params()
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ParamsError([_yaml_error_line(path, e)], path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError([f"{path}: cannot read: {e}"], path) from None
+    if raw is None:  # an empty file (or only comments): the embedded default
+        raw = {}
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        raise ParamsError(f"{path}: {e}") from e
+        errors = sorted(e.errors(), key=_file_order(text))  # in the order the file has them
+        raise ParamsError([_error_line(path, err) for err in errors], path) from None
+
+
+def report_and_exit(error: ParamsError) -> None:
+    """What an entry point does with a ``ParamsError``: its lines on stderr, exit status 2, no traceback."""
+    import sys
+
+    for line in error.lines:
+        print(line, file=sys.stderr)
+    raise SystemExit(EXIT_PARAMS_ERROR)
+
+
+def _yaml_error_line(path: str | os.PathLike, e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    return f"{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def _file_order(text: str):
+    """Sort key for pydantic errors: the line of the key they name (the nearest one the file has)."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, loc: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                lines[(*loc, k.value)] = k.start_mark.line
+                walk(v, (*loc, k.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*loc, i)] = item.start_mark.line
+                walk(item, (*loc, i))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            walk(root, ())
+    except yaml.YAMLError:  # cannot happen after safe_load succeeded; then pydantic's order stands
+        pass
+
+    def key(err: dict) -> int:
+        loc = tuple(err["loc"])
+        while loc and loc not in lines:
+            loc = loc[:-1]
+        return lines.get(loc, -1)
+
+    return key
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value as the YAML file spelled it, near enough: null, true, 'text', 1.5, [...]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The section model that holds the key at ``loc`` (``loc`` without its last part)."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None
+        model = sub
+    return model
+
+
+_EXPECTED = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer (no fractional part)",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+}
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", "a value of at least {}"),
+    "greater_than": ("gt", "a value greater than {}"),
+    "less_than_equal": ("le", "a value of at most {}"),
+    "less_than": ("lt", "a value less than {}"),
+}
+
+
+def _error_line(path: str | os.PathLike, err: dict) -> str:
+    loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
+    key = _dotted(loc)
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        known = list(model.model_fields) if model is not None else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        if close:
+            hint = f"did you mean {close[0]}?"
+        else:
+            hint = f"expected one of: {', '.join(known)}" if known else ""
+        return f"{path}: {key}: unknown key" + (f" ({hint})" if hint else "")
+    if kind == "model_type":
+        if not loc:
+            return f"{path}: expected a mapping of sections ({', '.join(Params.model_fields)}), got {_show(err['input'])}"
+        return f"{path}: {key} = {_show(err['input'])}: expected a section (a mapping of keys)"
+    if kind in _EXPECTED:
+        expected = f"expected {_EXPECTED[kind]}"
+    elif kind == "literal_error":
+        expected = f"expected {ctx.get('expected')}"
+    elif kind in _BOUNDS and _BOUNDS[kind][0] in ctx:
+        name, phrase = _BOUNDS[kind]
+        bound = ctx[name]
+        expected = "expected " + phrase.format(int(bound) if isinstance(bound, float) and bound.is_integer() else bound)
+    elif kind in ("value_error", "assertion_error") and "error" in ctx:
+        expected = str(ctx["error"])
+    else:  # pydantic's own words: "Input should be ..." reads "expected ..."
+        msg = err["msg"]
+        expected = "expected " + msg[len("Input should be "):] if msg.startswith("Input should be ") else msg
+    return f"{path}: {key} = {_show(err['input'])}: {expected}" if loc else f"{path}: {expected}"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,21 @@ from glassllava.files import atomic_write_text
 from glassllava.params import DataLayout
 
 
+def quarantine_records(layout: DataLayout) -> list[dict]:
+    """Every quarantined input of ingest and figures, oldest first: its name, reason, detail, date, whether it is
+    still among the sources, and where its bytes are kept."""
+    records = []
+    for stage, path in (("ingest", layout.ingest / "quarantine.parquet"), ("figures", layout.figures / "quarantine.parquet")):
+        if not path.exists():
+            continue
+        for r in pq.read_table(path).to_pylist():
+            present = r.get("present")
+            records.append({"stage": stage, "name": Path(r["source"]).name or r["source"], "source": r["source"], "reason": r["reason"],
+                            "detail": r["detail"], "seen_at": r["seen_at"].isoformat(timespec="seconds") if r["seen_at"] else None,
+                            "present": True if present is None else bool(present), "kept_at": r["kept_at"]})
+    return sorted(records, key=lambda r: (r["seen_at"] or "", r["name"]))
+
+
 def pipeline_status(layout: DataLayout) -> list[tuple[str, str, str]]:
     """(stage, what, where) for every table that exists."""
     rows = []
@@ -33,11 +48,15 @@ def pipeline_status(layout: DataLayout) -> list[tuple[str, str, str]]:
     for stage, what, path in tables:
         if path.exists():
             n = pq.read_metadata(path).num_rows
-            extra = ""
+            extra, where = "", str(path)
             if what == "panels" and n:
                 sem = sum(pq.read_table(path, columns=["is_sem"]).column("is_sem").to_pylist())
                 extra = f" ({sem} SEM)"
-            rows.append((stage, f"{n} {what}{extra}", str(path)))
+            if what == "quarantined inputs" and n:
+                gone = sum(not r["present"] for r in quarantine_records(layout) if r["stage"] == "ingest")
+                extra = f" ({gone} no longer among the sources)" if gone else ""
+                where = f"{path}; glassllava quarantine lists them"
+            rows.append((stage, f"{n} {what}{extra}", where))
     page = layout.figures / "index.html"
     if page.exists():
         rows.append(("figures", "gallery of figures and panels", str(page)))

@@ -48,6 +48,9 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("detail", pa.string(), nullable=False),
         pa.field("kept_at", pa.string()),  # where the bytes are kept (never deleted)
         pa.field("seen_at", TIMESTAMP, nullable=False),
+        # ingest: whether the input is still among the sources; a record outlives its file (False), so the
+        # reason a hash-named copy in quarantine/ was kept is never lost. Null where the stage does not track it.
+        pa.field("present", pa.bool_()),
     ]
 )
 

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from glassllava.conversation import IGNORE, Batch, ConversationError, Encoded, collate, encode
 from glassllava.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from glassllava.model import Built, apply_lora, build_model, check_weights, cpu_has_native_bf16, save_model
-from glassllava.params import DataLayout, Params, load_params
+from glassllava.params import DataLayout, Params, ParamsError, load_params, report_and_exit
 from glassllava.schemas import CONVERSATIONS_SCHEMA, read_table
 
 log = logging.getLogger(__name__)
@@ -853,11 +853,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-register", action="store_true", help="do not register the model in MLflow")
     parser.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)  # a bad file: one line per problem, exit 2, before any process group
+    except ParamsError as e:
+        report_and_exit(e)
     dist = init_distributed()
     logging.basicConfig(level=logging.INFO if dist.main else logging.WARNING, format=f"%(asctime)s [rank {dist.rank}] %(levelname)s %(message)s")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
     try:
-        recipe = Recipe(load_params(args.params), DataLayout(args.data), dist, register=not args.no_register, stop_after_steps=args.stop_after_steps)
+        recipe = Recipe(params, DataLayout(args.data), dist, register=not args.no_register, stop_after_steps=args.stop_after_steps)
         report = recipe.run()
         if dump := os.environ.get("GLASSLLAVA_DUMP_WEIGHTS"):  # tests: each rank's final weights, to compare the ranks
             Path(dump).mkdir(parents=True, exist_ok=True)

@@ -77,3 +77,93 @@ def test_prefect_yaml_is_valid_and_schedules_the_nightly_flow():
     assert nightly.entrypoint == "flows/nightly.py:nightly"
     module = importlib.import_module("flows.nightly")
     assert module.nightly.name == "nightly"
+
+
+# --- a mistyped params.yaml: one line per problem (file, dotted key, value, what is expected), exit 2 ---
+def _problems(tmp_path, text: str) -> list[str]:
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text)
+    with pytest.raises(ParamsError) as info:
+        load_params(bad)
+    assert str(info.value) == "\n".join(info.value.lines)
+    return [line.replace(str(bad), "params.yaml") for line in info.value.lines]
+
+
+def test_params_error_unknown_key_suggests_the_near_name(tmp_path):
+    assert _problems(tmp_path, "figures:\n  dppi: 150\n") == ["params.yaml: figures.dppi: unknown key (did you mean dpi?)"]
+    assert _problems(tmp_path, "figure:\n  dpi: 150\n") == ["params.yaml: figure: unknown key (did you mean figures?)"]
+    (line,) = _problems(tmp_path, "figures:\n  zzz: 1\n")  # nothing near: the keys the section has
+    assert line.startswith("params.yaml: figures.zzz: unknown key (expected one of: layout_backend, ") and "dpi" in line
+
+
+def test_params_error_wrong_type_names_key_value_and_expectation(tmp_path):
+    assert _problems(tmp_path, "figures:\n  dpi: high\n") == ["params.yaml: figures.dpi = 'high': expected an integer"]
+    assert _problems(tmp_path, "figures:\n  split_panels: maybe\n") == [
+        "params.yaml: figures.split_panels = 'maybe': expected true or false"]
+    assert _problems(tmp_path, "figures:\n  layout_backend: magic\n") == [
+        "params.yaml: figures.layout_backend = 'magic': expected 'heuristic' or 'layoutparser'"]
+    assert _problems(tmp_path, "figures:\n  dpi: 5000\n") == ["params.yaml: figures.dpi = 5000: expected a value of at most 600"]
+    assert _problems(tmp_path, "corpus:\n  sources: []\n") == ["params.yaml: corpus.sources = []: expected at least one source"]
+    assert _problems(tmp_path, "figures: 3\n") == ["params.yaml: figures = 3: expected a section (a mapping of keys)"]
+    assert _problems(tmp_path, "- figures\n") == [
+        "params.yaml: expected a mapping of sections (corpus, ingest, figures, qa, dataset, model, train, tracking), got ['figures']"]
+
+
+def test_params_error_nested_key_is_dotted(tmp_path):
+    assert _problems(tmp_path, "qa:\n  llm:\n    temperature: warm\n") == ["params.yaml: qa.llm.temperature = 'warm': expected a number"]
+    assert _problems(tmp_path, "corpus:\n  generated:\n    sed: 1\n") == [
+        "params.yaml: corpus.generated.sed: unknown key (did you mean seed?)"]
+    assert _problems(tmp_path, "corpus:\n  sources: [generated, ftp]\n") == [
+        "params.yaml: corpus.sources[1] = 'ftp': expected 'generated', 'inbox' or 'urls'"]
+
+
+def test_params_error_lists_every_problem_in_file_order(tmp_path):
+    text = "figures:\n  dppi: 150\n  dpi: high\ntrain:\n  lr: 0\nqa:\n  llm:\n    seed: x\n"
+    assert _problems(tmp_path, text) == [
+        "params.yaml: figures.dppi: unknown key (did you mean dpi?)",
+        "params.yaml: figures.dpi = 'high': expected an integer",
+        "params.yaml: train.lr = 0: expected a value greater than 0",
+        "params.yaml: qa.llm.seed = 'x': expected an integer",
+    ]
+
+
+def test_params_error_invalid_yaml_is_one_line_with_line_and_column(tmp_path):
+    (line,) = _problems(tmp_path, "figures:\n  dpi: 150\n dppi: 3\n")
+    assert line.startswith("params.yaml:3:2: invalid YAML: ")
+    (line,) = _problems(tmp_path, "figures: dpi: 150\n")
+    assert line == "params.yaml:1:13: invalid YAML: mapping values are not allowed here"
+
+
+def test_empty_params_file_is_the_embedded_default(tmp_path):
+    empty = tmp_path / "params.yaml"
+    empty.write_text("# nothing set\n")
+    assert load_params(empty) == Params()
+
+
+def test_cli_reports_bad_params_one_line_each_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("figures:\n  dpi: high\n  dppi: 150\n")
+    result = CliRunner().invoke(app, ["figures", "--params", str(bad), "--data", str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"{bad}: figures.dpi = 'high': expected an integer",
+                                          f"{bad}: figures.dppi: unknown key (did you mean dpi?)"]
+
+
+def test_stage_entry_point_reports_bad_params_and_exits_2_without_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("figures:\n  dpi: high\n  dppi: 150\ncorpus:\n  generated:\n    papers: 0\n")
+    # An API nobody listens on: were a flow to run, it would fail fast rather than start a Prefect server.
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_HOME": str(tmp_path / "prefect")}
+    result = subprocess.run([sys.executable, "-m", "flows.figures", "--params", str(bad), "--data", str(tmp_path / "data")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.splitlines() == [
+        f"{bad}: figures.dpi = 'high': expected an integer",
+        f"{bad}: figures.dppi: unknown key (did you mean dpi?)",
+        f"{bad}: corpus.generated.papers = 0: expected a value of at least 1",
+    ]

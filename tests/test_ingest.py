@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import http.server
 import threading
 import time
@@ -155,6 +156,31 @@ def test_bad_inputs_quarantined_while_good_papers_ingest(tmp_path, caplog):
     assert sum("quarantined" in r.message for r in caplog.records if r.levelname == "WARNING") == 7
 
 
+def test_a_pdf_without_pages_says_so(tmp_path):
+    import io
+
+    import pypdfium2 as pdfium
+
+    buf = io.BytesIO()
+    pdfium.PdfDocument.new().save(buf)  # a valid file whose page tree is empty: PDFium refuses it with "Success"
+    result = ingest_pdf(buf.getvalue(), PARAMS)
+    assert result == Quarantined("parse_error", "the document has no pages (its page tree is empty)")
+    assert "Success" not in result.detail
+
+
+def test_the_inbox_readme_is_not_an_input_but_other_non_pdfs_are(tmp_path):
+    corpus, layout, inbox = _inbox(tmp_path)
+    (inbox / "README.md").write_text("# Inbox\n\nDrop PDFs here.\n")
+    (inbox / "notes.md").write_text("my reading notes")
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / "README.md").write_text("a README inside a folder of papers is a stray file like any other")
+    sources = sorted(Path(s.location).relative_to(inbox).as_posix() for s in ingest.collect_sources(corpus, layout))
+    assert sources == ["notes.md", "sub/README.md"]  # the inbox's own README is not an input
+    run_ingest(corpus, IngestParams(), layout)
+    quarantined = {Path(r["source"]).relative_to(inbox).as_posix() for r in pq.read_table(layout.ingest / "quarantine.parquet").to_pylist()}
+    assert quarantined == {"notes.md", "sub/README.md"}
+
+
 def test_too_large_by_bytes_is_not_read(tmp_path):
     path = tmp_path / "big.pdf"
     path.write_bytes(make_paper(sample_blocks(1, 1)))
@@ -307,3 +333,31 @@ def test_papers_parsed_and_rendered_from_many_threads_at_once(tmp_path):
     for a, b in zip(parsed, parsed[3:]):  # the same PDF gives the same result in any thread
         assert a.paragraphs == b.paragraphs
     assert all(len(r.figures) >= 3 for r in rendered)
+
+
+def test_a_quarantine_record_outlives_its_file_and_is_listed_with_its_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from glassllava.cli import app
+
+    corpus, layout, inbox = _inbox(tmp_path)
+    (inbox / "good.pdf").write_bytes(_two_column_paper())
+    (inbox / "[draft] broken.pdf").write_bytes(b"<html>404</html>")
+    run_ingest(corpus, IngestParams(), layout)
+    (inbox / "[draft] broken.pdf").unlink()  # the user takes the bad file away
+    run_ingest(corpus, IngestParams(), layout)
+    (row,) = pq.read_table(layout.ingest / "quarantine.parquet").to_pylist()
+    assert Path(row["source"]).name == "[draft] broken.pdf" and row["reason"] == "not_pdf" and row["present"] is False
+    assert Path(row["kept_at"]).read_bytes() == b"<html>404</html>"  # the hash-named copy, and why it is there
+
+    result = CliRunner().invoke(app, ["quarantine", "--data", str(layout.root), "--json"])
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.output)
+    assert record["name"] == "[draft] broken.pdf" and record["present"] is False and record["stage"] == "ingest"
+    table = CliRunner().invoke(app, ["quarantine", "--data", str(layout.root)], env={"COLUMNS": "240"})
+    assert "[draft] broken.pdf" in table.output and "not_pdf" in table.output and "no (removed)" in table.output
+
+    (inbox / "[draft] broken.pdf").write_bytes(b"<html>404</html>")  # back again: one row, present
+    run_ingest(corpus, IngestParams(), layout)
+    rows = pq.read_table(layout.ingest / "quarantine.parquet").to_pylist()
+    assert [(Path(r["source"]).name, r["present"]) for r in rows] == [("[draft] broken.pdf", True)]
