@@ -31,7 +31,7 @@ from glassllava.sem import clip_encoder, load_clip_head, sem_score
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_VERSION = "figures-1"
+EXTRACTOR_VERSION = "figures-2"  # 2: caption text through glassllava.textnorm
 
 
 @dataclass

@@ -53,7 +53,7 @@ from glassllava.schemas import (
 log = logging.getLogger(__name__)
 
 # Bump when parsing changes what a paper's rows contain: every PDF is parsed again once.
-PARSER_VERSION = "1"
+PARSER_VERSION = "2"  # 2: control characters out, hyphenated line breaks joined, unmapped glyphs resolved
 
 QUARANTINE_REASONS = (
     "empty",  # zero bytes

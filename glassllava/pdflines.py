@@ -13,6 +13,7 @@ Used by ``ingest`` (paragraphs, headings, in-text figure context) and ``figures`
 from __future__ import annotations
 
 import ctypes
+import io
 import itertools
 import math
 import re
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pypdfium2.raw as pdfium_c
+
+from glassllava.textnorm import CONTROL_RE, GlyphResolver, normalize_text, word_counts
 
 # A caption starts a block with "Fig. 3.", "FIG. 3.", "Figure. 3:", "Fig.3.", "Fig. 3 Text",
 # "Figure 7-26 ...", "Fig. 1 (a) DSC ..."; it is never a body reference such as "Fig. 3 shows",
@@ -35,7 +38,6 @@ CAPTION_RE = re.compile(
 TABLE_CAPTION_RE = re.compile(r"^(?:Table|TABLE)\s+(?P<label>[IVX\d]+[A-Za-z]?)\s*(?:[.:|]|\s+(?=[A-Z]))")
 _HEADING_NUMBER_RE = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[IVX]+\.)\s+\S")
 _BOLD_RE = re.compile(r"bold|black|heavy|semibold|demi|,B\b|-B\b|\.B\b|Medi", re.I)
-_CID_RE = re.compile(r"\(cid:\d+\)")
 _PANEL_LETTER_RE = re.compile(r"^\(?[a-hA-H]\)[.:]?$")
 
 
@@ -55,11 +57,10 @@ def caption_label(text: str) -> str | None:
     return m.group("label").replace("\u2013", "-")
 
 
-def clean_text(text: str) -> str:
-    """Normalise whitespace, drop ``(cid:N)`` glyph placeholders and undo end-of-line hyphenation."""
-    text = _CID_RE.sub("", text)
-    text = re.sub(r"(\w)-\s*\n\s*([a-z])", r"\1\2", text)
-    return re.sub(r"\s+", " ", text).strip()
+def clean_text(text: str, vocab: Counter[str] | None = None) -> str:
+    """``textnorm.normalize_text`` (hyphenated line breaks joined, control characters and
+    ``(cid:N)`` placeholders dropped), then whitespace collapsed to single spaces."""
+    return re.sub(r"\s+", " ", normalize_text(text, vocab)).strip()
 
 
 @dataclass
@@ -90,17 +91,13 @@ class Block:
     kind: str  # heading | paragraph | caption | table_caption
     lines: list[Line] = field(default_factory=list)
     label: str | None = None  # figure/table label for captions
+    # the paper's words, to tell a compound's hyphen at a line end from a hyphenation
+    vocab: Counter[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def text(self) -> str:
-        out = ""
-        for ln in self.lines:
-            t = ln.text
-            if out.endswith("-") and t[:1].islower() and len(out) > 1 and out[-2].isalpha():
-                out = out[:-1] + t
-            else:
-                out = f"{out} {t}" if out else t
-        return clean_text(out)
+        # lines are joined with "\n" so that clean_text sees each line-end hyphen
+        return clean_text("\n".join(ln.text for ln in self.lines), self.vocab)
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -247,12 +244,16 @@ def _make_line(page: int, words: list[dict]) -> Line:
     )
 
 
-def page_words(page) -> list[dict]:
+def page_words(page, glyphs: GlyphResolver | None = None, page_index: int = 0) -> list[dict]:
     """Words of a pypdfium2 page, in pdfplumber's coordinates (x as in the PDF, ``top = H - y``).
 
     pdfium's text layer is read directly: 20-50x faster than pdfminer on pages full of
     vector graphics. A word ends at a space, a line change or a horizontal gap; rotated
     text (axis titles) is returned with ``upright=False``.
+
+    A hyphen pdfium found at a line end (reported as ``\x02``) is returned as "-"; a glyph
+    without a Unicode mapping gets its character from ``glyphs`` (the font's glyph names or
+    outline) or is left out, so no control character reaches a word.
     """
     height = page.get_height()
     tp = page.get_textpage()
@@ -271,6 +272,12 @@ def page_words(page) -> list[dict]:
         if not ch or ch.isspace() or pdfium_c.FPDFText_IsGenerated(raw, i) == 1 and not ch.strip():
             cur = None
             continue
+        if pdfium_c.FPDFText_IsHyphen(raw, i) == 1:
+            ch = "-"
+        elif pdfium_c.FPDFText_HasUnicodeMapError(raw, i) == 1 or CONTROL_RE.search(ch):
+            ch = _unmapped_text(raw, i, u, glyphs, page_index)
+            if not ch:
+                continue  # unmappable: dropped, never kept as a control character
         l, b, r, t = tp.get_charbox(i, loose=True)
         pdfium_c.FPDFText_GetMatrix(raw, i, ctypes.byref(matrix))
         # the font size in text space times the text matrix's scale = the size seen on the page
@@ -305,6 +312,24 @@ def page_words(page) -> list[dict]:
         words.append(cur)
     tp.close()
     return words
+
+
+def _unmapped_text(raw, i: int, code: int, glyphs: GlyphResolver | None, page_index: int) -> str:
+    """The visible text of a glyph pdfium reports by its character code, "" when unknown."""
+    if glyphs is None:
+        return "" if CONTROL_RE.search(chr(code)) else chr(code)
+    font = pdfium_c.FPDFTextObj_GetFont(pdfium_c.FPDFText_GetTextObject(raw, i))
+    name = ""
+    if font:
+        size = pdfium_c.FPDFFont_GetBaseFontName(font, None, 0)
+        if size:
+            buf = ctypes.create_string_buffer(size)
+            pdfium_c.FPDFFont_GetBaseFontName(font, buf, size)
+            name = buf.value.decode("latin-1", "replace")
+    text = glyphs.resolve(page_index, name, code) if name else ""
+    if not text and not CONTROL_RE.search(chr(code)):
+        text = chr(code)  # the code itself is a printable character: keep what pdfium read
+    return CONTROL_RE.sub("", text)
 
 
 def page_lines(page, page_number: int) -> tuple[list[Line], tuple[float, float] | None]:
@@ -496,6 +521,12 @@ def _join_caption_tails(blocks: list[Block]) -> list[Block]:
     return out
 
 
+def _with_vocab(blocks: list[Block], vocab: Counter[str]) -> list[Block]:
+    for b in blocks:
+        b.vocab = vocab
+    return blocks
+
+
 def reading_order(blocks: list[Block]) -> list[Block]:
     """Order blocks as read: full-width blocks cut the page into bands; left column first."""
     full = sorted((b for b in blocks if b.column == 0), key=lambda b: b.bbox[1])
@@ -541,6 +572,26 @@ def _furniture(pages: list[list[Line]], heights: list[float]) -> set[int]:
     return drop
 
 
+def pdf_glyph_resolver(pdf) -> GlyphResolver:
+    """A ``GlyphResolver`` over an open ``pypdfium2.PdfDocument``; the document is serialised
+    (pdfium's own save) only if a page has a glyph to resolve."""
+
+    class _Lazy(GlyphResolver):
+        def __init__(self) -> None:
+            super().__init__(b"")
+
+        def _load(self) -> None:
+            buf = io.BytesIO()
+            try:
+                pdf.save(buf)
+                self._data = buf.getvalue()
+            except Exception:  # pdfium cannot write it back: resolve nothing
+                self._data = b""
+            super()._load()
+
+    return _Lazy()
+
+
 def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
     """Lines and blocks of the pages of an open ``pypdfium2.PdfDocument``, blocks in reading order.
 
@@ -549,10 +600,11 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
     gutter is wider than, and contains, the paper's.
     """
     numbers = pages or list(range(1, len(pdf) + 1))
+    glyphs = pdf_glyph_resolver(pdf)
     pre = []
     for n in numbers:
         page = pdf[n - 1]
-        words = page_words(page)
+        words = page_words(page, glyphs, n - 1)
         rows = _rows([w for w in words if w["upright"]])
         width = float(page.get_width())
         pre.append((page.get_width(), page.get_height(), rows, find_gutter(rows, width), _rotated_lines(words, n)))
@@ -569,6 +621,8 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
     drop = _furniture([r[2] for r in raw], [float(r[1]) for r in raw])
     all_lines = [ln for r in raw for ln in r[2] if id(ln) not in drop]
     body = body_font_size(all_lines)
+    # the paper's vocabulary, from words inside lines (a line's last word may be a hyphenated piece)
+    vocab = word_counts(" ".join(ln.text.split()[:-1]) for ln in all_lines)
     out = []
     for (width, height, lines, gutter, rotated), n in zip(raw, numbers):
         kept = [ln for ln in lines if id(ln) not in drop]
@@ -579,7 +633,7 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
                 height=float(height),
                 gutter=gutter,
                 lines=kept,
-                blocks=reading_order(_group_blocks(kept, body)),
+                blocks=_with_vocab(reading_order(_group_blocks(kept, body)), vocab),
                 rotated=rotated,
             )
         )

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from glassllava.files import atomic_write_bytes
+from glassllava.textnorm import strip_table_controls
 
 BOX = pa.list_(pa.float64())  # [x0, top, x1, bottom]; fixed-size lists with nulls do not round-trip Parquet
 TIMESTAMP = pa.timestamp("s", tz="UTC")
@@ -226,8 +227,11 @@ def table_from_rows(rows: list[dict], schema: pa.Schema, name: str = "table") ->
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> Path:
-    """Validate ``table`` against ``schema`` and write it as Parquet, atomically."""
-    table = conform(table, schema, str(path))
+    """Validate ``table`` against ``schema`` and write it as Parquet, atomically.
+
+    The last guard of the text invariant: no string written keeps a control character other
+    than newline and tab (``textnorm.strip_table_controls``)."""
+    table = strip_table_controls(conform(table, schema, str(path)))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     return atomic_write_bytes(path, sink.getvalue().to_pybytes())
