@@ -127,7 +127,11 @@ def corpus(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data")
 
 
 @app.command()
-def ingest(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data")) -> None:
+def ingest(
+    params: ParamsOpt = Path("params.yaml"),
+    data: DataOpt = Path("data"),
+    retry_downloads: Annotated[bool, typer.Option("--retry-downloads", help="Try every failed URL now (else: after ingest.download_retry_hours).")] = False,
+) -> None:
     """Stage ingest: collect PDFs (generated corpus, inbox, URL list), store them by sha256,
     quarantine bad files with their reason, extract paragraphs, headings and figure citations.
 
@@ -138,7 +142,7 @@ def ingest(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data")
 
     p = _load(params)
     with _Progress() as progress:
-        report = run_ingest(p.corpus, p.ingest, DataLayout(data), progress=progress)
+        report = run_ingest(p.corpus, p.ingest, DataLayout(data), progress=progress, retry_failed_downloads=retry_downloads)
     console.print(
         f"ingest: {report.new} new, {report.known} known, {report.duplicates} duplicates, "
         f"{report.quarantined} quarantined -> {DataLayout(data).ingest}"

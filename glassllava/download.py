@@ -1,7 +1,8 @@
 """Fetch a URL to a file: streamed, size-capped, atomic, with retries, backoff and jitter.
 
 Used by the ingest stage for ``corpus.sources: [urls]``. A failure is a ``DownloadFailed``;
-``permanent`` ones (HTTP 4xx, the size cap, a bad URL) are remembered and not tried again.
+``permanent`` ones (HTTP 4xx, the size cap, a bad URL) are remembered and tried again only after
+``ingest.download_retry_hours`` (doubling per failure), or when forced (``glassllava ingest --retry-downloads``).
 """
 
 from __future__ import annotations

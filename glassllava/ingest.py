@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -174,10 +174,20 @@ def collect_sources(corpus: CorpusParams, layout: DataLayout, generated_dir: Pat
     return sources
 
 
+MAX_DOWNLOAD_RETRY_HOURS = 30 * 24
+
+
+def _retry_due(entry: dict, params: IngestParams, now: datetime) -> bool:
+    """A failed-for-good URL is due again ``download_retry_hours`` after its last failure, doubled per failure."""
+    hours = min(params.download_retry_hours * 2 ** (entry.get("attempts", 1) - 1), MAX_DOWNLOAD_RETRY_HOURS)
+    return now - datetime.fromisoformat(entry["seen_at"]) >= timedelta(hours=hours)
+
+
 def _fetch_urls(
-    sources: list[Source], params: IngestParams, layout: DataLayout, progress: Progress | None
+    sources: list[Source], params: IngestParams, layout: DataLayout, progress: Progress | None, retry_failed: bool = False
 ) -> tuple[list[Source], list[dict], int, int]:
-    """Local sources for the URL sources (downloading only unseen URLs), and failure rows."""
+    """Local sources for the URL sources (downloading only unseen URLs and failed ones that are due again), and
+    failure rows."""
     index_path = layout.ingest / "downloads.json"
     index: dict[str, dict] = read_json(index_path) if index_path.is_file() else {}
     dest_dir = layout.root / "raw" / "downloads"
@@ -189,7 +199,10 @@ def _fetch_urls(
         entry = index.get(src.location)
         if entry and entry["status"] == "ok" and Path(entry["path"]).is_file():
             out.append(Source(src.location, "url", Path(entry["path"])))
-        elif entry and entry["status"] == "failed" and entry.get("permanent"):
+        elif (entry and entry["status"] == "failed" and entry.get("permanent") and not retry_failed
+              and not _retry_due(entry, params, datetime.fromisoformat(_now()))):
+            log.info("%s failed before (%s); not tried again yet (ingest.download_retry_hours; "
+                     "`glassllava ingest --retry-downloads` tries now)", src.location, entry["detail"])
             failures.append(_download_failure_row(src, entry["detail"], entry["seen_at"]))
         else:
             now = _now()
@@ -211,7 +224,8 @@ def _fetch_urls(
                 fetched += 1
             except DownloadFailed as e:
                 log.warning("quarantined %s: download_failed (%s)", src.location, e)
-                index[src.location] = {"status": "failed", "detail": str(e), "permanent": e.permanent, "seen_at": now}
+                attempts = entry.get("attempts", 1) + 1 if entry and entry["status"] == "failed" else 1
+                index[src.location] = {"status": "failed", "detail": str(e), "permanent": e.permanent, "seen_at": now, "attempts": attempts}
                 failures.append(_download_failure_row(src, str(e), now))
                 failed += 1
             atomic_write_json(index_path, index)
@@ -472,10 +486,12 @@ def plan_ingest(
     *,
     generated_dir: Path | None = None,
     progress: Progress | None = None,
+    retry_failed_downloads: bool = False,
 ) -> IngestPlan:
-    """Collect sources, download new URLs, hash every file and look each sha up in the cache."""
+    """Collect sources, download new URLs (and failed ones that are due again, or all failed ones with
+    ``retry_failed_downloads``), hash every file and look each sha up in the cache."""
     sources = collect_sources(corpus, layout, generated_dir)
-    fetched, failures, n_downloaded, n_failed = _fetch_urls(sources, params, layout, progress)
+    fetched, failures, n_downloaded, n_failed = _fetch_urls(sources, params, layout, progress, retry_failed_downloads)
     local = [s for s in sources if s.kind != "url"] + fetched
     pdfs: list[PendingPDF] = []
     also_from: list[tuple[str, Source]] = []
@@ -628,6 +644,7 @@ def run_ingest(
     *,
     progress: Progress | None = None,
     generated_dir: Path | None = None,
+    retry_failed_downloads: bool = False,
 ) -> IngestReport:
     """Ingest every source: parse only PDFs not cached for this ``PARSER_VERSION``, rebuild the tables.
 
@@ -637,11 +654,12 @@ def run_ingest(
         layout: where raw PDFs, quarantine and ingest tables live.
         progress: called as ``progress(description, done, total)`` per downloaded and parsed paper.
         generated_dir: folder of the generated corpus PDFs (default ``layout.corpus / "pdfs"``).
+        retry_failed_downloads: try every failed URL now, not only those due again (``download_retry_hours``).
 
     Returns:
         An ``IngestReport`` with paper counts and the paths of the four tables.
     """
-    plan = plan_ingest(corpus, params, layout, generated_dir=generated_dir, progress=progress)
+    plan = plan_ingest(corpus, params, layout, generated_dir=generated_dir, progress=progress, retry_failed_downloads=retry_failed_downloads)
     pending = plan.pending
     results: dict[str, PaperRecord | Quarantined] = {}
     for i, pdf in enumerate(pending, 1):

@@ -48,6 +48,9 @@ class IngestParams(_Section):
     min_chars_per_page: float = Field(25.0, ge=0)  # below this on average: image_only
     download_timeout_s: float = Field(30.0, gt=0)
     download_retries: int = Field(3, ge=0)
+    # a URL that failed for good (HTTP 4xx, the size cap) is tried again on a run this many hours later,
+    # the wait doubling after each failure up to 30 days; `glassllava ingest --retry-downloads` tries now
+    download_retry_hours: float = Field(24.0, gt=0)
     download_max_bytes: int = Field(200 * 2**20, ge=1)
     workers: int = Field(1, ge=1, le=64)  # parallel papers (processes) in the Prefect flow
 

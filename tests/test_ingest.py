@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-import json
 import http.server
+import json
 import threading
 import time
 from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
 
@@ -298,6 +299,18 @@ def test_url_sources_download_retry_quarantine_and_remember(tmp_path, http_base,
     # downloaded and permanently failed URLs are remembered; a timeout is tried again next run
     assert _Handler.hits == {"/slow.pdf": 2}
     assert (again.downloaded, again.parsed, again.known, again.quarantined) == (0, 0, 1, 2)
+
+    # a 404 is tried again once download_retry_hours have passed, then after twice as long; or now, when forced
+    real_now = ingest._now()
+    later = lambda hours: (datetime.fromisoformat(real_now) + timedelta(hours=hours)).isoformat()  # noqa: E731
+    for hours, tried in ((23, False), (25, True), (25 + 47, False), (25 + 49, True)):
+        _Handler.hits.clear()
+        monkeypatch.setattr(ingest, "_now", lambda h=hours: later(h))
+        run_ingest(corpus, params, layout)
+        assert ("/missing.pdf" in _Handler.hits) is tried, f"{hours} h after the first failure"
+    _Handler.hits.clear()
+    run_ingest(corpus, params, layout, retry_failed_downloads=True)
+    assert "/missing.pdf" in _Handler.hits
 
 
 @pytest.mark.shared
