@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from glassllava.citations import find_figure_mentions
 
-RULES_VERSION = "1"
+RULES_VERSION = "2"  # 2: a bare panel marker shares the next description (evidence "(a)" was ungrounded)
 
 # feature -> what an expert calls it in an answer
 FEATURES: dict[str, str] = {
@@ -164,9 +164,18 @@ def panel_caption(caption: str, panel_label: str | None) -> str:
         return caption.strip()
     for i, m in enumerate(marks):
         if m.group(1) == panel_label.lower():
-            end = marks[i + 1].start() if i + 1 < len(marks) else len(caption)
+            j = i + 1
+            # "(a) (b) SEM images of ...", "(a) and (b) ...": a marker with no words of its own shares the
+            # description that follows the next one (a bare "(a)" is not a clause anyone can quote)
+            while j < len(marks) and not _own_words(caption[m.end() : marks[j].start()]):
+                j += 1
+            end = marks[j].start() if j < len(marks) else len(caption)
             return caption[m.start() : end].strip(" ;,")
     return caption.strip()
+
+
+def _own_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[A-Za-z]{2,}|\d+", text) if w.lower() not in ("and", "or")]
 
 
 @dataclass

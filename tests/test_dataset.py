@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from glassllava import dataset, qa
+from glassllava import dataset, qa, qa_rules
 from glassllava.dataset import EmptyDatasetError, LeakageError, build_dataset
 from glassllava.files import atomic_write_bytes, sha256_bytes, sha256_file
 from glassllava.params import DataLayout, DatasetParams, QAParams
@@ -293,7 +293,7 @@ def test_a_rerun_rewrites_nothing_and_a_rebuild_is_byte_identical(layout):
     assert {k: v[1] for k, v in snapshot(layout.dataset).items()} == {k: v[1] for k, v in before.items()}
     saved = json.loads((layout.dataset / "report.json").read_text())
     assert saved == first.dataset() and set(saved) >= {"splits", "skipped", "leakage", "fingerprint", "shards", "warnings"}
-    assert saved["leakage"]["ok"] and saved["generators"] == ["offline-rules/1"]
+    assert saved["leakage"]["ok"] and saved["generators"] == [f"offline-rules/{qa_rules.RULES_VERSION}"]
 
 
 def test_shards_round_trip_and_stale_shards_go(layout):

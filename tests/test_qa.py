@@ -154,6 +154,21 @@ def test_panel_caption_is_the_panels_own_clause_and_verbatim():
     assert qa_rules.panel_caption(caption, None) == caption
 
 
+@pytest.mark.parametrize(("caption", "label", "clause"), [
+    ("Fig. 2. (a) (b) SEM images of the crack network in the cathode; (c) EDS map of Al.", "a",
+     "(a) (b) SEM images of the crack network in the cathode"),
+    ("Fig. 2. (a) (b) SEM images of the crack network in the cathode; (c) EDS map of Al.", "b",
+     "(b) SEM images of the crack network in the cathode"),
+    ("Fig. 4. (a) and (b) BSE images of the polished section, (c) a line scan.", "a",
+     "(a) and (b) BSE images of the polished section"),
+    ("Fig. 4. (a) SEM image (b) EDS map", "a", "(a) SEM image"),  # words of its own: its own clause
+])
+def test_a_panel_marker_without_words_of_its_own_shares_the_next_description(caption, label, clause):
+    """The evidence "(a)" was rejected by the validator (under 3 words): a bare marker is not a clause."""
+    got = qa_rules.panel_caption(caption, label)
+    assert got == clause and got in caption
+
+
 def test_sentences_do_not_split_after_fig_or_initials():
     text = "A comparison of Figs. 2 and 3 shows it. E. Moreau et al. found 0.5 h enough. Next one."
     assert qa_rules.sentences(text) == ["A comparison of Figs. 2 and 3 shows it.", "E. Moreau et al. found 0.5 h enough.", "Next one."]
