@@ -14,7 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from glassllava.params import DataLayout, Params, ParamsError, load_params, report_and_exit
+from glassllava.params import DataLayout, Params, load_params_or_exit
 
 
 def stage_args(description: str) -> tuple[Params, DataLayout]:
@@ -22,18 +22,10 @@ def stage_args(description: str) -> tuple[Params, DataLayout]:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to read")
     parser.add_argument("--data", type=Path, default=Path("data"), help="data root")
     args = parser.parse_args()
-    params = params_or_exit(args.params)  # before any flow runs (and before a Prefect server starts)
+    params = load_params_or_exit(args.params)  # before any flow runs (and before a Prefect server starts)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per LLM or Prefect API request
     return params, DataLayout(args.data)
-
-
-def params_or_exit(path: Path) -> Params:
-    """``load_params(path)``; a bad file: one line per problem on stderr and exit status 2, no traceback."""
-    try:
-        return load_params(path)
-    except ParamsError as e:
-        report_and_exit(e)
 
 
 def task_runner(workers: int):

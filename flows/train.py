@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from glassllava.params import load_params_or_exit
 from glassllava.train import TrainingError
 from tasks.train import run_training
 
@@ -44,7 +45,7 @@ if __name__ == "__main__":
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, default=Path("data"))
     args = parser.parse_args()
-    flows._stage.params_or_exit(args.params)  # a bad params file: its problems, exit 2, before the flow and torchrun
+    load_params_or_exit(args.params)  # a bad params file: its problems, exit 2, before the flow and torchrun
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

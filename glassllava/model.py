@@ -120,9 +120,14 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def computes_bf16_natively(device: str) -> bool:
+    """GPUs, and CPUs with native bf16 matmuls (about 2.7x fp32 on such a CPU)."""
+    return device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16())
+
+
 def inference_dtype(device: str) -> torch.dtype:
-    """bf16 on GPUs and on CPUs with native bf16 matmuls (about 2.7x fp32 on such a CPU), else fp32."""
-    return torch.bfloat16 if device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16()) else torch.float32
+    """bf16 where the device computes it natively, else fp32."""
+    return torch.bfloat16 if computes_bf16_natively(device) else torch.float32
 
 
 # ---- presets ------------------------------------------------------------------------------------

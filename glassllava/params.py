@@ -222,7 +222,7 @@ class ParamsError(ValueError):
 
     ``lines`` holds one line per problem, each naming the file, the dotted key, the value given and
     what is expected, e.g. ``params.yaml: figures.dpi = 'high': expected an integer``; ``str()`` joins
-    them. Entry points print the lines to stderr and exit 2 (``report_and_exit``).
+    them. Entry points print the lines to stderr and exit 2 (``load_params_or_exit``).
     """
 
     def __init__(self, lines: list[str] | str, path: str | os.PathLike | None = None) -> None:
@@ -258,13 +258,16 @@ def load_params(path: str | os.PathLike | None = "params.yaml") -> Params:
         raise ParamsError([_error_line(path, err) for err in errors], path) from None
 
 
-def report_and_exit(error: ParamsError) -> None:
-    """What an entry point does with a ``ParamsError``: its lines on stderr, exit status 2, no traceback."""
-    import sys
+def load_params_or_exit(path: str | os.PathLike | None = "params.yaml") -> Params:
+    """``load_params`` for entry points: a bad file prints its lines on stderr and exits 2, no traceback."""
+    try:
+        return load_params(path)
+    except ParamsError as error:
+        import sys
 
-    for line in error.lines:
-        print(line, file=sys.stderr)
-    raise SystemExit(EXIT_PARAMS_ERROR)
+        for line in error.lines:
+            print(line, file=sys.stderr)
+        raise SystemExit(EXIT_PARAMS_ERROR) from None
 
 
 def _yaml_error_line(path: str | os.PathLike, e: yaml.YAMLError) -> str:

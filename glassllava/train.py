@@ -53,8 +53,8 @@ import torch.nn.functional as F
 
 from glassllava.conversation import IGNORE, Batch, ConversationError, Encoded, collate, encode
 from glassllava.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, sha256_json
-from glassllava.model import Built, apply_lora, build_model, check_weights, cpu_has_native_bf16, save_model
-from glassllava.params import DataLayout, Params, ParamsError, load_params, report_and_exit
+from glassllava.model import PRESETS, Built, apply_lora, build_model, check_weights, computes_bf16_natively, save_model
+from glassllava.params import DataLayout, Params, load_params_or_exit
 from glassllava.schemas import CONVERSATIONS_SCHEMA, read_table
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def uses_bf16_autocast(device: str, precision: str) -> bool:
         return False
     if precision == "bf16-autocast":
         return True
-    return device.startswith("cuda") or cpu_has_native_bf16()
+    return computes_bf16_natively(device)
 
 
 def device_peak_flops(device: str, bf16: bool = False) -> tuple[float, str]:
@@ -440,7 +440,7 @@ class Recipe:
         self.track = track  # False: no MLflow run at all (benchmarks)
         self.stop_after_steps = stop_after_steps  # tests: stop (as if killed) after this many optimizer steps
         check_weights(params.model)  # missing paper weights: one clear error before any work
-        if self.train.distributed == "fsdp" and params.model.preset.endswith("-lora"):
+        if self.train.distributed == "fsdp" and PRESETS[params.model.preset].lora:
             raise TrainingError(f"train.distributed=fsdp is for full fine-tunes; {params.model.preset} trains adapters over frozen weights: use ddp")
         for split in ("train",):
             shards = list(layout.dataset.glob(f"{split}-*.parquet"))
@@ -853,10 +853,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-register", action="store_true", help="do not register the model in MLflow")
     parser.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)  # a bad file: one line per problem, exit 2, before any process group
-    except ParamsError as e:
-        report_and_exit(e)
+    params = load_params_or_exit(args.params)  # a bad file: one line per problem, exit 2, before any process group
     dist = init_distributed()
     logging.basicConfig(level=logging.INFO if dist.main else logging.WARNING, format=f"%(asctime)s [rank {dist.rank}] %(levelname)s %(message)s")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
