@@ -29,6 +29,7 @@ bench: $(VENV)/.installed
 	glassllava bench sem --manifest ../shared/data/micrographs/manifest.json --out bench-results/sem.json
 	glassllava bench sem --manifest ../shared/data/micrographs/manifest.json --image-only --out bench-results/sem-image-only.json
 	glassllava bench figures --manifest data/corpus/manifest.json --out bench-results/figures-generated.json
+	glassllava bench panels --shared ../shared --corpus data/corpus/manifest.json --dpi 100 --dpi 150 --dpi 300 --out bench-results/panels.json
 	glassllava bench qa --manifest data/corpus/manifest.json --out bench-results/qa.json
 	glassllava bench train --preset small --batch 8 --out bench-results/train-small.json
 	glassllava bench learn --preset small --out bench-results/learn-small.json

