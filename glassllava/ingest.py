@@ -53,7 +53,7 @@ from glassllava.schemas import (
 log = logging.getLogger(__name__)
 
 # Bump when parsing changes what a paper's rows contain: every PDF is parsed again once.
-PARSER_VERSION = "2"  # 2: control characters out, hyphenated line breaks joined, unmapped glyphs resolved
+PARSER_VERSION = "3"  # 2: control characters out, hyphenated line breaks joined, unmapped glyphs resolved; 3: MediaBox frame, no paragraph as a title
 
 QUARANTINE_REASONS = (
     "empty",  # zero bytes
@@ -395,13 +395,15 @@ _NOT_TITLE = re.compile(
 
 def _title(first_page: PageText, body_blocks: list[Block], metadata_title: str) -> str | None:
     """The largest-font text near the top of page 1 (consecutive lines joined); the PDF's
-    metadata title instead when it looks like a title and its words are on page 1."""
+    metadata title instead when it looks like a title and its words are on page 1. A paragraph
+    is no title: an excerpt that starts mid-paper has none (None)."""
     candidates = [
         b
         for b in body_blocks
         if b.kind in ("heading", "paragraph")
         and b.bbox[1] < 0.6 * first_page.height
         and len(re.findall(r"[^\W\d_]{2,}", b.text)) >= 3
+        and len(b.text.split()) <= 40
         and not _NOT_TITLE.match(b.text)
     ]
     title = None
@@ -415,6 +417,8 @@ def _title(first_page: PageText, body_blocks: list[Block], metadata_title: str) 
                 break
             parts.append(b)
         title = " ".join(b.text for b in parts)
+        if len(title.split()) > 40:
+            title = None
     meta = re.sub(r"\s+", " ", metadata_title or "").strip()
     if meta and not _BAD_META_TITLE.search(meta) and len(meta.split()) >= 3:
         page_words = {w.lower() for b in first_page.blocks for w in re.findall(r"\w+", b.text)}

@@ -374,3 +374,12 @@ def test_a_quarantine_record_outlives_its_file_and_is_listed_with_its_name(tmp_p
     run_ingest(corpus, IngestParams(), layout)
     rows = pq.read_table(layout.ingest / "quarantine.parquet").to_pylist()
     assert [(Path(r["source"]).name, r["present"]) for r in rows] == [("[draft] broken.pdf", True)]
+
+
+def test_an_excerpt_without_a_title_gets_none_rather_than_a_paragraph(shared_dir, tmp_path):
+    """docling-eval's case_01 is two pages cut from the middle of a paper: its largest text is a paragraph."""
+    pdf = shared_dir / "bench" / "figures" / "pdfs" / "doclingeval_case01_32a7d8aa.pdf"
+    if not pdf.exists():
+        pytest.skip(f"{pdf} is not in ../shared")
+    record = ingest_pdf(pdf, IngestParams())
+    assert record.title is None or len(record.title.split()) <= 40, record.title
