@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: $(VENV)/.installed
 	scripts/with-prefect-server dvc repro
+	scripts/with-prefect-server python -m flows.evaluate --promote
 	glassllava status
 
 test: $(VENV)/.installed

@@ -225,6 +225,85 @@ def train(
     console.print(f"model: {report['model_dir']}  MLflow run {report['mlflow_run_id']} (version {report['model_version']})")
 
 
+def _print_headline(head: dict, html: Path) -> None:
+    """The numbers people look at first, with their 95 % intervals over images."""
+    proxy = " (offline proxy)" if head.get("defect_accuracy_is_proxy") else " (LLM judge)"
+    lines = [f"report: {html}"]
+    for key, label in (("defect_accuracy", "defect accuracy" + proxy), ("quality", "overall quality (LLM judge, 0-100)"),
+                       ("proxy_quality", "overall quality proxy (100 x ROUGE-L)"), ("features", "feature identification (LLM judge, 1-4)"),
+                       ("proxy_feature_score", "feature identification proxy (1-4)")):
+        if key in head:
+            lo, hi = head.get(f"{key}_lo"), head.get(f"{key}_hi")
+            span = f"  [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else ""
+            lines.append(f"  {label}: {head[key]:.3g}{span}")
+    levels = [f"{lv} {head[f'defect_accuracy_{lv}']:.2f}" for lv in ("none", "low", "moderate", "high") if f"defect_accuracy_{lv}" in head]
+    if levels:
+        lines.append("  defect accuracy by context level: " + ", ".join(levels))
+    console.print("\n".join(lines))
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data")) -> None:
+    """Stage evaluate: the held-out questions answered by every row (the trained model, blind, base, majority; a
+    vision model where a key is set), judged (offline proxy_* metrics, or an LLM judge with a key or base URL),
+    95 % intervals over images; writes reports/eval.{json,html,md} and reports/eval_levels.csv, logs to MLflow.
+
+    Example: glassllava evaluate --params params.yaml
+    """
+    from glassllava.evaluate import EvaluateInputError, run_evaluate
+    from glassllava.llm import LLMError
+    from glassllava.params import DataLayout
+
+    p = _load(params)
+    try:
+        with _Progress() as progress:
+            report = run_evaluate(p, DataLayout(data), progress=progress)
+    except (EvaluateInputError, LLMError) as e:
+        _fail(str(e))
+    console.print(f"evaluate: {report.questions} questions on {report.images} images, rows {', '.join(report.rows)}; judge {report.judge}, "
+                  f"{report.judge_failures} judge failures; {report.seconds} s")
+    _print_headline(report.headline, report.report_html)
+
+
+@app.command()
+def promote(params: ParamsOpt = Path("params.yaml"), data: DataOpt = Path("data")) -> None:
+    """The registry's candidate becomes champion only if it beats the champion on the same evaluation set by
+    evaluate.promotion.margin on evaluate.promotion.metric (the champion is evaluated again when the set changed);
+    the first candidate becomes champion. The decision and its reason: reports/promotion.json and MLflow.
+
+    Example: glassllava promote
+    """
+    from glassllava.evaluate import promote_candidate
+    from glassllava.params import DataLayout
+
+    p = _load(params)
+    try:
+        with _Progress() as progress:
+            record = promote_candidate(p, DataLayout(data), progress=progress)
+    except (LookupError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"promotion: {record['action']}: {record['reason']}")
+
+
+@app.command()
+def rollback(
+    params: ParamsOpt = Path("params.yaml"),
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the versions and in reports/promotion.json).")] = "manual rollback",
+) -> None:
+    """Make previous-champion the champion again.
+
+    Example: glassllava rollback --reason "regression on new papers"
+    """
+    from glassllava.promotion import rollback as do_rollback
+
+    p = _load(params)
+    try:
+        record = do_rollback(None, p.tracking.registered_model, p.evaluate.promotion, reason=reason, report_path=Path("reports") / "promotion.json")
+    except LookupError as e:
+        _fail(str(e))
+    console.print(f"rollback: champion is now version {record.get('champion_version')}")
+
+
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question about the image.")],

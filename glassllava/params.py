@@ -213,6 +213,45 @@ class TrainParams(_Section):
     max_new_tokens: int = Field(96, ge=1)
 
 
+class JudgeLLMParams(LLMParams):
+    """The judge's endpoint: the same client and cache as QA generation, at temperature 0."""
+
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(800, ge=16)
+
+
+class PromotionParams(_Section):
+    # A candidate becomes champion only if it beats the champion on the same evaluation set by `margin`
+    # on `metric` (a key of reports/eval.json's headline; higher is better) and the difference is outside
+    # both 95 % intervals when `require_significant`.
+    metric: str = "defect_accuracy"
+    margin: float = Field(0.0, ge=0)
+    require_significant: bool = False
+    champion_alias: str = "champion"
+    previous_alias: str = "previous-champion"
+
+
+class EvaluateParams(_Section):
+    # auto: the LLM judge when an API key or base URL is set, else only the offline proxies (named proxy_*)
+    judge: Literal["auto", "offline", "llm"] = "auto"
+    judge_prompt: str = "judge_v1"  # glassllava/prompts/<judge_prompt>.md; its hash is in every judgment's cache key
+    llm: JudgeLLMParams = JudgeLLMParams()
+    # rows compared on the same questions: model (the trained model), blind (its image replaced by a grey
+    # one), base (the model before fine-tuning), majority (the majority defect answer), vision (an
+    # OpenAI-compatible vision model, where a key or base URL is set)
+    rows: list[Literal["model", "blind", "base", "majority", "vision"]] = ["model", "blind", "base", "majority", "vision"]
+    vision_model: str = "gpt-4o"  # the vision baseline row's model (same endpoint as the judge)
+    max_new_tokens: int = Field(96, ge=1, le=2048)
+    batch_size: int = Field(16, ge=1)
+    max_questions: int | None = Field(None, ge=1)  # cap for a quick look; null: every eval question
+    bootstrap: int = Field(1000, ge=100)  # resamples of images for the 95 % intervals
+    seed: int = 0
+    variance_subset: int = Field(30, ge=0)  # judgments re-asked to measure the judge's spread
+    variance_repeats: int = Field(3, ge=2)
+    examples: int = Field(24, ge=0)  # questions shown in the report's gallery
+    promotion: PromotionParams = PromotionParams()
+
+
 class TrackingParams(_Section):
     # The tracking URI comes from $MLFLOW_TRACKING_URI, else sqlite:///<repository root>/mlflow.db.
     experiment: str = "glassllava"
@@ -230,6 +269,7 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     tracking: TrackingParams = TrackingParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 class ParamsError(ValueError):

@@ -76,6 +76,37 @@ def pipeline_status(layout: DataLayout) -> list[tuple[str, str, str]]:
         if skipped.exists():
             rows.append(("dataset", f"{pq.read_metadata(skipped).num_rows} QA records and panels left out", str(skipped)))
     rows += model_status(layout)
+    rows += evaluation_status(layout)
+    return rows
+
+
+def evaluation_status(layout: DataLayout) -> list[tuple[str, str, str]]:
+    """The evaluation's headline numbers with their intervals, the report, and the last promotion decision."""
+    reports = layout.root.resolve().parent / "reports"
+    head_path = reports / "eval.json"
+    if not head_path.exists():
+        return []
+    head = json.loads(head_path.read_text())
+
+    def number(key: str, fmt: str) -> str:
+        lo, hi = head.get(f"{key}_lo"), head.get(f"{key}_hi")
+        span = f" [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None and hi is not None else ""
+        return f"{head[key]:{fmt}}{span}"
+
+    rows = []
+    if "defect_accuracy" in head:
+        kind = "offline proxy" if head.get("defect_accuracy_is_proxy") else "LLM judge"
+        by_level = ", ".join(f"{lv} {head[f'defect_accuracy_{lv}']:.2f}" for lv in ("none", "low", "moderate", "high") if f"defect_accuracy_{lv}" in head)
+        rows.append(("evaluate", f"defect accuracy {number('defect_accuracy', '.3f')} ({kind}); by context: {by_level}", str(head_path)))
+    for key, label in (("quality", "overall quality (LLM judge)"), ("proxy_quality", "overall quality proxy, 100 x ROUGE-L")):
+        if key in head:
+            rows.append(("evaluate", f"{label} {number(key, '.1f')}", str(head_path)))
+    if (reports / "eval.html").exists():
+        rows.append(("evaluate", f"report: every row, metric and context level on {head.get('eval_questions', '?')} questions", str(reports / "eval.html")))
+    promotion = reports / "promotion.json"
+    if promotion.exists():
+        record = json.loads(promotion.read_text())
+        rows.append(("promote", f"{record.get('action')}: {record.get('reason')}", str(promotion)))
     return rows
 
 

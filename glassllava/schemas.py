@@ -240,3 +240,43 @@ def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> 
 def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     """Read a Parquet table and check it against ``schema``."""
     return conform(pq.read_table(path), schema, str(path))
+
+
+# ---- stage evaluate -----------------------------------------------------------------
+# One row per (system row, eval question): every row answers the same questions about the same images.
+EVAL_ANSWERS_SCHEMA = pa.schema(
+    [
+        pa.field("row", pa.string(), nullable=False),  # model | blind | base | majority | vision:<model id>
+        pa.field("qa_id", pa.string(), nullable=False),  # the eval QA record (QA_SCHEMA) asked
+        pa.field("paper_sha", pa.string(), nullable=False),
+        pa.field("panel_id", pa.string(), nullable=False),
+        pa.field("image_sha", pa.string(), nullable=False),  # the unit the intervals resample
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("reference", pa.string(), nullable=False),  # the QA record's answer
+        pa.field("question_type", pa.string(), nullable=False),
+        pa.field("complexity", pa.string(), nullable=False),  # simple | complex
+        pa.field("context_level", pa.string(), nullable=False),
+        pa.field("context_types", pa.list_(pa.string()), nullable=False),
+        pa.field("features", pa.list_(pa.string()), nullable=False),  # gold features of the QA record
+        pa.field("defect_present", pa.bool_(), nullable=False),  # gold defect label
+        pa.field("defect_types", pa.list_(pa.string()), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),  # what the row answered ("" when it could not)
+        pa.field("new_tokens", pa.int32(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+    ]
+)
+
+# One row per (system row, eval question, metric). A judgment the judge could not give (a reply that is
+# not valid JSON, truncated, out of range) has ok = false and score null: counted as a failure, never as 0.
+EVAL_JUDGMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("row", pa.string(), nullable=False),
+        pa.field("qa_id", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),  # quality | relative | features | defect | proxy_* | truth_*
+        pa.field("judge", pa.string(), nullable=False),  # "llm:<model>@<prompt sha12>" or "offline"
+        pa.field("score", pa.float64()),  # quality 0-100, relative 0-100+, features 1-4, defect 0/1, proxies 0-1
+        pa.field("ok", pa.bool_(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),  # JSON: justification, matched/missed/hallucinated, claim ...
+        pa.field("request_key", pa.string(), nullable=False),  # the cache file behind an LLM judgment ("" offline)
+    ]
+)

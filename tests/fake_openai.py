@@ -10,6 +10,8 @@ next chat requests get them, in order:
 - ``"malformed"``: prose, not JSON.
 
 ``refuse_json_schema = True`` answers 400 to structured-output requests, like older local servers.
+``model`` is the function that writes a reply's content from the request body (``careful_model`` unless a test
+sets another, e.g. a judge); the behaviours above apply to whatever it writes.
 
 With no behaviour queued it answers like a careful model: one valid record per requested slot,
 quoting the caption as evidence. A paper that says "IGNORE ALL PREVIOUS INSTRUCTIONS" gets a
@@ -87,6 +89,7 @@ class FakeOpenAI:
         self.batches: dict[str, dict] = {}
         self.batch_ready = False
         self.refuse_json_schema = False  # like an older local server
+        self.model = careful_model  # request body -> reply content
         self.timeout_sleep_s, self.hang_s = timeout_sleep_s, hang_s
         self.lock = threading.Lock()
         server = self
@@ -138,7 +141,7 @@ class FakeOpenAI:
                     time.sleep(server.timeout_sleep_s)
                 if behaviour == "hang":
                     time.sleep(server.hang_s)
-                content = careful_model(body)
+                content = server.model(body)
                 if behaviour == "truncated":
                     return self._send(200, completion(body, content[: len(content) // 2], "length"))
                 if behaviour == "malformed":

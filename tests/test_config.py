@@ -106,7 +106,7 @@ def test_params_error_wrong_type_names_key_value_and_expectation(tmp_path):
     assert _problems(tmp_path, "corpus:\n  sources: []\n") == ["params.yaml: corpus.sources = []: expected at least one source"]
     assert _problems(tmp_path, "figures: 3\n") == ["params.yaml: figures = 3: expected a section (a mapping of keys)"]
     assert _problems(tmp_path, "- figures\n") == [
-        "params.yaml: expected a mapping of sections (corpus, ingest, figures, qa, dataset, model, train, tracking), got ['figures']"]
+        "params.yaml: expected a mapping of sections (corpus, ingest, figures, qa, dataset, model, train, tracking, evaluate), got ['figures']"]
 
 
 def test_params_error_nested_key_is_dotted(tmp_path):

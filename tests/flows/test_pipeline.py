@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -73,6 +74,7 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(prefect_api, tmp_path):
     params["figures"]["dpi"] = 72
     params["model"]["preset"] = "tiny"  # the same recipe and code path as the default, in seconds
     params["train"].update(stage1_epochs=1.0, epochs=1.0, sample_answers=1, max_new_tokens=4)
+    params["evaluate"].update(max_questions=8, bootstrap=200, batch_size=8, max_new_tokens=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     _git(repo, "init", "-q")
     _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init")
@@ -87,8 +89,14 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(prefect_api, tmp_path):
     subprocess.run([*dvc, "init", "-q"], cwd=repo, env=env, check=True)
     first = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for stage in ("corpus", "ingest", "figures", "qa", "gallery", "dataset", "train"):
+    for stage in ("corpus", "ingest", "figures", "qa", "gallery", "dataset", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
+    head = json.loads((repo / "reports" / "eval.json").read_text())
+    assert head["eval_questions"] == 8 and "defect_accuracy" in head and (repo / "reports" / "eval.html").is_file()
+    # promotion is not a stage (it changes the registry): the first candidate becomes champion
+    promoted = subprocess.run([sys.executable, "-m", "flows.evaluate", "--promote"], cwd=repo, env=env, capture_output=True, text=True)
+    assert promoted.returncode == 0, promoted.stdout[-2000:] + promoted.stderr[-2000:]
+    assert json.loads((repo / "reports" / "promotion.json").read_text())["action"] == "promoted"
     # the gallery, written after qa, counts the QA records it links
     gallery = (repo / "data" / "gallery" / "index.html").read_text()
     assert "No QA records when this gallery was written" not in gallery and "QA counts are the train and eval records" in gallery
