@@ -122,3 +122,56 @@ def test_the_stage_offline_writes_metrics_plots_report_and_logs_to_the_models_ru
     assert logged.data.metrics["eval.defect_accuracy"] == head["defect_accuracy"] and logged.data.tags["eval_judge"] == "offline"
     again = ev.run_evaluate(params, layout)  # nothing new: every row from its cache
     assert set(again.rows_from_cache) >= {"model", "blind", "base"} and json.loads(again.metrics_json.read_text()) == head
+
+
+def test_the_vision_row_shows_each_panel_to_an_openai_compatible_model_and_caches_it(layout, questions, monkeypatch):
+    from glassllava.params import JudgeLLMParams
+    from .fake_openai import FakeOpenAI
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-vision-0000")
+    with FakeOpenAI() as server:
+        server.model = lambda body: "Yes. The glass shows gas bubbles and a crack."
+        params = EvaluateParams(judge="llm", vision_model="fake-vision", llm=JudgeLLMParams(base_url=server.base_url, concurrency=2, backoff_s=0.0))
+        sha = ev.eval_set_sha(questions)
+        row = ev.answer_vision(layout, questions, params, sha)
+        assert row.row == "vision:fake-vision" and [a["answer"] for a in row.answers] == ["Yes. The glass shows gas bubbles and a crack."] * len(questions)
+        sent = server.chat_requests()
+        assert len(sent) == len(questions)
+        content = sent[0]["body"]["messages"][1]["content"]
+        assert content[1]["image_url"]["url"].startswith("data:image/png;base64,") and sent[0]["body"]["model"] == "fake-vision"
+        again = ev.answer_vision(layout, questions, params, sha)  # the client's cache: no request
+        assert again.from_cache and len(server.chat_requests()) == len(questions)
+    cache = layout.root / "evaluate" / "cache"
+    assert not any("sk-test-vision-0000" in p.read_text(errors="ignore") for p in cache.rglob("*") if p.is_file())
+
+
+def test_the_stage_with_an_llm_judge_and_a_vision_row_then_a_rerun_makes_no_request(layout, tmp_path, monkeypatch):
+    import json
+
+    from glassllava.params import JudgeLLMParams, Params
+
+    from .fake_openai import FakeOpenAI
+    from .test_judge import FakeJudge
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-judge-1111")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with FakeOpenAI() as server:
+        judge_model = FakeJudge()
+        server.model = lambda body: judge_model(body) if "judge_data" in json.dumps(body) else "No. The glass is free of defects."
+        llm = JudgeLLMParams(base_url=server.base_url, model="fake-judge", concurrency=2, backoff_s=0.0)
+        params = Params(model=ModelParams(preset="tiny"), evaluate=EvaluateParams(
+            judge="auto", llm=llm, vision_model="fake-vision", rows=["model", "majority", "vision"], max_new_tokens=6, batch_size=8,
+            bootstrap=200, max_questions=8, variance_subset=3, variance_repeats=2))
+        report = ev.run_evaluate(params, layout, out_dir=tmp_path / "reports")
+        assert report.judge == "llm" and report.rows == ["model", "majority", "vision:fake-vision"]
+        head = json.loads(report.metrics_json.read_text())
+        assert "quality" in head and head["defect_accuracy_is_proxy"] == 0
+        assert "vision:fake-vision.proxy_defect.accuracy" in head
+        state = json.loads((layout.root / "evaluate" / "report.json").read_text())
+        assert state["variance"] is not None and state["account"]["requests"] > 0
+        sent = len(server.chat_requests())
+        again = ev.run_evaluate(params, layout, out_dir=tmp_path / "reports")
+        assert len(server.chat_requests()) == sent and again.judge_account["requests"] == 0  # everything from the caches
+    html = report.report_html.read_text()
+    assert "fake-judge" in html
+    assert not any("sk-test-judge-1111" in p.read_text(errors="ignore") for p in (layout.root / "evaluate").rglob("*") if p.is_file() and p.suffix in (".json", ".parquet"))
