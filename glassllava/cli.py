@@ -501,6 +501,10 @@ def bench_sem(
 ) -> None:
     """Score the SEM-micrograph classifier on a labelled manifest (precision, recall, accuracy).
 
+    The headline numbers are held out: the classifier is refitted per fold, folds grouped by paper,
+    as `glassllava fit-sem` fits it; `shipped_model` holds the packaged model's numbers on the same
+    panels (labelled in-sample when it was fitted on this manifest).
+
     Example: glassllava bench sem --manifest ../shared/data/micrographs/manifest.json --out sem.json
     """
     from glassllava.sem import SemModelError, run_sem_benchmark
@@ -516,35 +520,45 @@ def bench_sem(
 def fit_sem(
     manifest: Annotated[Path, typer.Option("--manifest", exists=True, dir_okay=False, help="Labelled micrographs manifest.json.")],
     clip: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             "--clip",
-            help="open_clip model: 'local-dir:/path' (open_clip_config.json + weights), a built-in name with --clip-weights, or 'hf-hub:org/repo'.",
+            help="Fit a CLIP head instead: open_clip model 'local-dir:/path' (open_clip_config.json + weights), a built-in name "
+            "with --clip-weights, or 'hf-hub:org/repo'.",
         ),
-    ],
+    ] = None,
     clip_weights: Annotated[Optional[str], typer.Option("--clip-weights", help="Checkpoint file or open_clip tag for a built-in model name.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Where the head JSON goes (then set figures.sem_clip_head to it).")] = Path("models/sem_clip_head.json"),
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Where the JSON goes (default: the package's sem_model.json; with --clip, models/sem_clip_head.json)."),
+    ] = None,
     folds: Annotated[int, typer.Option("--folds", min=3, help="Cross-validation folds, grouped by paper.")] = 5,
 ) -> None:
-    """Fit an SEM classifier head on a CLIP backbone you have locally; prints its held-out numbers.
+    """Fit the SEM classifier (EfficientNet-Lite0 probe + pixel features + caption combiner); prints its held-out numbers.
 
-    The pixel-feature classifier that ships needs no weights but misses its held-out targets on
-    literature images; a pretrained CLIP backbone (e.g. ViT-L/14) is what that gap calls for. The
-    head records the backbone's fingerprint and refuses other weights.
+    Without --clip this refits the classifier that ships (glassllava/sem_model.json). With --clip it
+    fits a head on a CLIP backbone you have locally instead. Either records its backbone's weights
+    fingerprint and refuses other weights.
 
-    Example: glassllava fit-sem --manifest ../shared/data/micrographs/manifest.json --clip local-dir:/models/clip-vit-l14 --out models/sem_clip_head.json
+    Example: glassllava fit-sem --manifest ../shared/data/micrographs/manifest.json
     """
     from glassllava.files import atomic_write_text
-    from glassllava.sem_fit import fit_clip_head
+    from glassllava.sem import MODEL_PATH, SemModelError
+    from glassllava.sem_fit import fit_clip_head, fit_default_model
     from glassllava.vision import VisionModelError
 
     try:
         with _Progress() as progress:
-            head = fit_clip_head(manifest, clip, clip_weights, folds=folds, progress=lambda done, total: progress("embedding panels", done, total))
-    except (VisionModelError, ValueError) as e:
+            report = lambda done, total: progress("embedding panels", done, total)  # noqa: E731
+            if clip:
+                head = fit_clip_head(manifest, clip, clip_weights, folds=folds, progress=report)
+            else:
+                head = fit_default_model(manifest, folds=folds, progress=report)
+    except (VisionModelError, SemModelError, ValueError) as e:
         _fail(str(e))
+    out = out or (Path("models/sem_clip_head.json") if clip else MODEL_PATH)
     atomic_write_text(out, json.dumps(head, indent=1) + "\n")
-    console.print(f"wrote {out}; set figures.sem_clip_head: {out} in params.yaml to use it")
+    console.print(f"wrote {out}; set figures.sem_clip_head: {out} in params.yaml to use it" if clip else f"wrote {out}")
     typer.echo(json.dumps(head["evaluation"], indent=1))
 
 

@@ -219,7 +219,7 @@ def _code_key(params: FiguresParams) -> str:
     root = Path(glassllava.__file__).parent
     code = {
         name: sha256_bytes((root / name).read_bytes())
-        for name in ("figures.py", "regions.py", "layout.py", "pdflines.py", "pagegraphics.py", "sem.py", "sem_features.py", "sem_model.json")
+        for name in ("figures.py", "regions.py", "layout.py", "pdflines.py", "pagegraphics.py", "sem.py", "sem_backbone.py", "sem_features.py", "sem_model.json")
         if (root / name).exists()
     }
     knobs = params.model_dump(include={"layout_backend", "layoutparser_config", "layoutparser_weights", "dpi", "min_figure_size_pt", "split_panels", "sem_threshold"})
