@@ -7,7 +7,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test bench clean-venv
+.PHONY: run test bench ui ui-stop deploy nightly promote clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,8 +18,27 @@ $(VENV)/.installed: pyproject.toml
 
 run: $(VENV)/.installed
 	scripts/with-prefect-server dvc repro
-	scripts/with-prefect-server python -m flows.evaluate --promote
+	$(MAKE) --no-print-directory reports/promotion.json
 	glassllava status
+
+# promotion changes the registry, so it is not a DVC stage; it runs when the evaluation is newer than the last decision
+reports/promotion.json: reports/eval.json
+	scripts/with-prefect-server python -m flows.evaluate --promote
+
+promote: $(VENV)/.installed     # decide again now (after a rollback, or with other promotion params)
+	scripts/with-prefect-server python -m flows.evaluate --promote
+
+ui: $(VENV)/.installed          # Prefect + MLflow servers on localhost, wired into the flows (scripts/ui)
+	scripts/ui start
+
+ui-stop:
+	scripts/ui stop
+
+deploy: $(VENV)/.installed      # work pools, the LLM endpoint's concurrency limit, prefect.yaml's deployments
+	scripts/prefect-setup
+
+nightly: $(VENV)/.installed     # one night now, training here instead of on the GPU pool
+	scripts/with-prefect-server python -m flows.nightly --local
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -49,6 +49,10 @@ if __name__ == "__main__":
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from flows._stage import take_pipeline_lock
+    from glassllava.params import DataLayout
+
+    take_pipeline_lock(DataLayout(args.data), "stage flows.train")
     try:
         train_flow(args.params, args.data)
     except TrainingError as e:

@@ -29,6 +29,7 @@ from typing import Callable
 import pyarrow.parquet as pq
 
 from glassllava.files import sha256_file, sha256_json
+from glassllava.llm import LLMError, llm_configured
 from glassllava.params import DataLayout, EvaluateParams, ModelParams
 from glassllava.schemas import EVAL_ANSWERS_SCHEMA, QA_SCHEMA, read_table, table_from_rows, write_table
 
@@ -294,8 +295,6 @@ def reports_dir(layout: DataLayout) -> Path:
 
 def answer_all(params, layout: DataLayout, questions: list[dict], set_sha: str, progress: Progress | None = None) -> list[RowAnswers]:
     """Every configured row's answers to the evaluation set (each from its cache when nothing changed)."""
-    from glassllava.judge import resolve_mode
-
     p: EvaluateParams = params.evaluate
     out = answer_trained(layout, questions, p, p.rows, set_sha, progress)
     if "base" in p.rows:
@@ -303,10 +302,7 @@ def answer_all(params, layout: DataLayout, questions: list[dict], set_sha: str, 
     if "majority" in p.rows and (majority := answer_majority(layout, questions)) is not None:
         out.append(majority)
     if "vision" in p.rows:
-        if resolve_mode(p) == "llm":
-            out.append(answer_vision(layout, questions, p, set_sha, progress))
-        else:
-            log.info("evaluate: no key or base URL, so no vision-model baseline row")
+        out.append(answer_vision(layout, questions, p, set_sha, progress))
     return out
 
 
@@ -325,11 +321,17 @@ def run_evaluate(params, layout: DataLayout, progress: Progress | None = None, *
 
     t0 = time.perf_counter()
     p: EvaluateParams = params.evaluate
+    try:  # the endpoints the params ask for, before any work
+        mode = resolve_mode(p)
+    except LLMError as e:
+        raise EvaluateInputError(str(e)) from None
+    if "vision" in p.rows and not llm_configured(p.llm):
+        raise EvaluateInputError(f"evaluate.rows has vision but no endpoint is configured: set ${p.llm.api_key_env} "
+                                 "(and optionally evaluate.llm.base_url or $OPENAI_BASE_URL), or drop vision from evaluate.rows")
     questions = eval_questions(layout, p.max_questions)
     set_sha = eval_set_sha(questions)
     rows = answer_all(params, layout, questions, set_sha, progress)
     answers = _judged(rows)
-    mode = resolve_mode(p)
     cache = layout.root / "evaluate" / "cache"
     judgments, account = judge_answers(answers, p, cache, mode, progress=progress)
     variance = None

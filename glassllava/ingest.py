@@ -511,6 +511,33 @@ def plan_ingest(
     return IngestPlan(pdfs, also_from, failures, n_downloaded, n_failed)
 
 
+def new_papers(corpus: CorpusParams, params: IngestParams, layout: DataLayout, now: datetime | None = None) -> list[dict]:
+    """What the ingest stage has not seen yet, found cheaply (hashing local files; no download, no parsing):
+    files in the generated corpus or the inbox whose sha256 has no ingest record for this parser version, URLs
+    never fetched, and URLs whose failed download is due again. One dict per input: source, kind, why."""
+    index_path = layout.ingest / "downloads.json"
+    index: dict[str, dict] = read_json(index_path) if index_path.is_file() else {}
+    now = now or datetime.fromisoformat(_now())
+    out: list[dict] = []
+    seen: set[str] = set()
+    for src in collect_sources(corpus, layout):
+        if src.kind == "url":
+            entry = index.get(src.location)
+            if entry is None:
+                out.append({"source": src.location, "kind": "url", "why": "not downloaded yet"})
+            elif entry["status"] == "ok" and not Path(entry["path"]).is_file():
+                out.append({"source": src.location, "kind": "url", "why": "downloaded file missing"})
+            elif entry["status"] == "failed" and (not entry.get("permanent") or _retry_due(entry, params, now)):
+                out.append({"source": src.location, "kind": "url", "why": "failed download due again"})
+            continue
+        assert src.path is not None
+        sha = sha256_file(src.path)
+        if sha not in seen and not _cache_path(layout, sha).is_file():
+            out.append({"source": src.location, "kind": src.kind, "why": f"new file {sha[:12]}"})
+        seen.add(sha)
+    return out
+
+
 def finish_ingest(plan: IngestPlan, results: dict[str, PaperRecord | Quarantined], layout: DataLayout) -> IngestReport:
     """Store the new results (bytes, per-paper caches) and rebuild the four tables.
 

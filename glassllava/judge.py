@@ -581,9 +581,10 @@ def _score(answer: dict, metric: str, reply: dict, swapped: bool) -> tuple[float
 
 # ---- the stage's entry points -----------------------------------------------------------------------------------
 def resolve_mode(params: EvaluateParams) -> Literal["offline", "llm"]:
-    """``evaluate.judge``: auto is the LLM judge when an API key or base URL is set, else the proxies only."""
-    if params.judge == "auto":
-        return "llm" if llm_configured(params.llm) else "offline"
+    """``evaluate.judge`` as set in params (a tracked input); ``llm`` without an endpoint is an error, before any work."""
+    if params.judge == "llm" and not llm_configured(params.llm):
+        raise LLMError(f"evaluate.judge is llm but no endpoint is configured: set ${params.llm.api_key_env} "
+                       "(and optionally evaluate.llm.base_url or $OPENAI_BASE_URL), or set evaluate.judge: offline")
     return params.judge
 
 

@@ -7,7 +7,9 @@
 - Retries with exponential backoff and jitter on 429, 408/409, 5xx, timeouts and connection errors,
   honouring ``Retry-After``; other errors (401, 400 ...) fail at once. The ``openai`` package's own
   retries are switched off so that every retry is counted here.
-- A concurrency limit (a semaphore shared by the threads using one client).
+- A concurrency limit (a semaphore shared by the threads using one client), and room for one across
+  processes and machines: ``set_request_slot`` installs a context-manager factory that every request
+  enters (the Prefect tasks install the server's global concurrency limit ``llm-endpoint``).
 - An account of requests, cache hits, retries, tokens and cost (prices from params).
 - The Batch API (half price, asynchronous): uncached requests go into one JSONL upload; the batch id
   is saved under ``<batches>/<id>.json`` so any later run collects the answers into the same cache.
@@ -18,6 +20,7 @@ it is not in the cache key, the cache files, the logs or any error message (``re
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -38,6 +41,15 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 _RETRY_STATUS = {408, 409, 429}
+
+_request_slot: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+def set_request_slot(factory: Callable[[], contextlib.AbstractContextManager] | None) -> None:
+    """Every request (not cache hits) runs inside ``factory()``: e.g. a slot of an orchestrator's global
+    concurrency limit for the endpoint, shared by every process that calls it. None: no extra limit."""
+    global _request_slot
+    _request_slot = factory or contextlib.nullcontext
 
 
 class LLMError(RuntimeError):
@@ -210,7 +222,7 @@ class LLMClient:
         p = self.params
         for attempt in range(p.max_retries + 1):
             try:
-                with self._slots:
+                with self._slots, _request_slot():
                     return self._client.chat.completions.create(**body), attempt
             except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as e:
                 status = getattr(e, "status_code", None)

@@ -127,8 +127,9 @@ class LLMParams(_Section):
 
 class QAParams(_Section):
     sem_panels_only: bool = True  # feed only SEM panels to question generation
-    # auto: the LLM when an API key or base URL is set, else the offline rule-based generator
-    generator: Literal["auto", "offline", "llm"] = "auto"
+    # offline: the rule-based generator (no key); llm: qa.llm's endpoint. A tracked switch, not the environment's
+    # say-so, so that DVC re-runs the stage exactly when it changes (the key itself stays in the environment).
+    generator: Literal["offline", "llm"] = "offline"
     prompt: str = "qa_v2"  # glassllava/prompts/<prompt>.md; its content hash is part of every cache key
     slots: list[str] = Field(default_factory=lambda: list(DEFAULT_SLOTS))
     max_context_chars: int = Field(6000, ge=200)  # paper text sent per panel
@@ -187,7 +188,7 @@ class TrainParams(_Section):
     seed: int = 0
     stage1_epochs: float = Field(1.0, ge=0)  # projector only, on the alignment set (image + caption); 0 skips it
     stage1_lr: float = Field(1e-3, gt=0)
-    epochs: float = Field(1.5, gt=0)  # stage 2: projector + language model (fractions: the first part of the last epoch)
+    epochs: float = Field(1.0, gt=0)  # stage 2: projector + language model (fractions: the first part of the last epoch)
     lr: float = Field(1e-4, gt=0)  # language model (or its LoRA adapters)
     projector_lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(4, ge=1)  # conversations per optimizer step, read as batch_reading says
@@ -232,16 +233,16 @@ class PromotionParams(_Section):
 
 
 class EvaluateParams(_Section):
-    # auto: the LLM judge when an API key or base URL is set, else only the offline proxies (named proxy_*)
-    judge: Literal["auto", "offline", "llm"] = "auto"
+    # offline: only the proxies (named proxy_*); llm: the LLM judge at evaluate.llm's endpoint (a tracked switch)
+    judge: Literal["offline", "llm"] = "offline"
     judge_prompt: str = "judge_v1"  # glassllava/prompts/<judge_prompt>.md; its hash is in every judgment's cache key
     llm: JudgeLLMParams = JudgeLLMParams()
     # rows compared on the same questions: model (the trained model), blind (its image replaced by a grey
     # one), base (the model before fine-tuning), majority (the majority defect answer), vision (an
-    # OpenAI-compatible vision model, where a key or base URL is set)
-    rows: list[Literal["model", "blind", "base", "majority", "vision"]] = ["model", "blind", "base", "majority", "vision"]
+    # OpenAI-compatible vision model at evaluate.llm's endpoint: add it with a key or base URL)
+    rows: list[Literal["model", "blind", "base", "majority", "vision"]] = ["model", "blind", "base", "majority"]
     vision_model: str = "gpt-4o"  # the vision baseline row's model (same endpoint as the judge)
-    max_new_tokens: int = Field(96, ge=1, le=2048)
+    max_new_tokens: int = Field(64, ge=1, le=2048)
     batch_size: int = Field(16, ge=1)
     max_questions: int | None = Field(None, ge=1)  # cap for a quick look; null: every eval question
     bootstrap: int = Field(1000, ge=100)  # resamples of images for the 95 % intervals

@@ -461,8 +461,10 @@ def make_generator(params: QAParams, layout: DataLayout, kind: str | None = None
 
 
 def resolve_generator(params: QAParams) -> Literal["offline", "llm"]:
-    if params.generator == "auto":
-        return "llm" if llm_configured(params.llm) else "offline"
+    """``qa.generator`` as set in params (a tracked input); ``llm`` without an endpoint is an error here, before any work."""
+    if params.generator == "llm" and not llm_configured(params.llm):
+        raise LLMError(f"qa.generator is llm but no endpoint is configured: set ${params.llm.api_key_env} "
+                       "(and optionally qa.llm.base_url or $OPENAI_BASE_URL), or set qa.generator: offline")
     return params.generator
 
 

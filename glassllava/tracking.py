@@ -95,9 +95,15 @@ def _sqlite_artifact_root(uri: str) -> Path | None:
     return Path(db_path).resolve().parent / "mlruns"
 
 
+UI_ENV = "GLASSLLAVA_MLFLOW_UI"  # an MLflow UI serving a sqlite store the flows write to directly (`make ui` sets it)
+
+
 def _run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
-    """The run's page in the MLflow UI for an http(s) tracking URI (credentials stripped), else None."""
+    """The run's page in the MLflow UI for an http(s) tracking URI (credentials stripped), or under
+    ``$GLASSLLAVA_MLFLOW_UI`` (an UI serving the same sqlite store), else None."""
     parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") and os.environ.get(UI_ENV):
+        parts = urllib.parse.urlsplit(os.environ[UI_ENV])
     if parts.scheme not in ("http", "https"):
         return None
     netloc = parts.hostname or ""
@@ -680,6 +686,16 @@ def register_model(
         client.set_registered_model_alias(name, alias, mv.version)
     log.info("registered %s version %s from run %s (%s)%s", name, mv.version, run_id, source, f" as @{alias}" if alias else "")
     return int(mv.version)
+
+
+def run_url(run_id: str) -> str | None:
+    """The MLflow UI page of ``run_id`` (None: no UI known for this tracking URI, or no such run)."""
+    client = _client()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return _run_url(client.tracking_uri, run.info.experiment_id, run_id)
 
 
 def get_alias_version(name: str = "glassllava", alias: str = "champion") -> ModelVersion | None:

@@ -12,6 +12,7 @@ from prefect.cache_policies import NONE
 
 from glassllava import evaluate
 from glassllava.params import DataLayout, Params
+from tasks.llm_limit import hold_llm_slots
 
 
 def _progress_logger():
@@ -32,6 +33,7 @@ def _progress_logger():
 @task(name="evaluate", cache_policy=NONE, tags=["llm"])
 def run_evaluate(params: Params, layout: DataLayout) -> evaluate.EvaluateReport | evaluate.EvaluateInputError:
     """Every row's answers to the held-out questions, judged, summarised with intervals, reported, logged to MLflow."""
+    hold_llm_slots()
     try:
         return evaluate.run_evaluate(params, layout, progress=_progress_logger())
     except evaluate.EvaluateInputError as e:
@@ -41,4 +43,5 @@ def run_evaluate(params: Params, layout: DataLayout) -> evaluate.EvaluateReport 
 @task(name="promote", cache_policy=NONE, tags=["llm"])
 def promote(params: Params, layout: DataLayout) -> dict:
     """The candidate against the champion on the same evaluation set; the decision in reports/promotion.json and MLflow."""
+    hold_llm_slots()
     return evaluate.promote_candidate(params, layout, progress=_progress_logger())

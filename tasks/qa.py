@@ -1,7 +1,8 @@
 """Prefect tasks of the qa stage (library: ``glassllava.qa``).
 
-LLM tasks carry the ``llm`` tag: ``prefect concurrency-limit create llm 8`` caps requests in flight
-across every flow run on the server (each task holds one request at a time). The library already
+LLM tasks carry the ``llm`` tag (``prefect concurrency-limit create llm 8`` caps such tasks in flight), and each
+request holds a slot of the global concurrency limit ``llm-endpoint`` (``tasks.llm_limit``), which caps requests
+to the endpoint across every flow run on the server. The library already
 retries transient HTTP errors with backoff; the task retry is for the unexpected.
 """
 
@@ -12,6 +13,7 @@ from prefect.cache_policies import NONE
 
 from glassllava import qa
 from glassllava.params import DataLayout, QAParams
+from tasks.llm_limit import hold_llm_slots
 
 
 @task(name="plan-qa", cache_policy=NONE)
@@ -23,12 +25,14 @@ def plan_qa(params: QAParams, layout: DataLayout) -> tuple[str, list[qa.PanelInp
 @task(name="qa-panel", cache_policy=NONE, task_run_name="qa {panel.panel_id}", tags=["llm"], retries=1, retry_delay_seconds=30)
 def answer_panel(panel: qa.PanelInput, params: QAParams, layout: DataLayout) -> qa.PanelOutcome:
     """One panel's records from the LLM (or its result file when nothing changed)."""
+    hold_llm_slots()
     return qa.answer_panel(panel, qa.make_generator(params, layout, "llm"), layout)
 
 
 @task(name="qa-all-panels", cache_policy=NONE)
 def answer_all(params: QAParams, layout: DataLayout, kind: str, panels: list[qa.PanelInput]) -> tuple[list[qa.PanelOutcome], dict, dict | None]:
     """Every panel in one task: the offline generator (fast), or the Batch API (one upload)."""
+    hold_llm_slots()
     gen = qa.make_generator(params, layout, kind)
     outcomes, batches = qa.answer_panels(panels, gen, layout)
     return outcomes, batches, gen.client.account.as_dict() if gen.client else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import pyarrow as pa
 import pytest
@@ -73,10 +74,24 @@ def test_prefect_yaml_is_valid_and_schedules_the_nightly_flow():
     from prefect.cli.deploy._models import PrefectYamlModel
 
     model = PrefectYamlModel.model_validate(yaml.safe_load((REPO / "prefect.yaml").read_text()))
+    raw = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     nightly = next(d for d in model.deployments if d.name == "nightly")
     assert nightly.entrypoint == "flows/nightly.py:nightly"
     module = importlib.import_module("flows.nightly")
     assert module.nightly.name == "nightly"
+    schedule = raw["nightly"]["schedules"][0]
+    assert schedule["cron"] and schedule["timezone"] == "Europe/Berlin"
+    assert raw["nightly"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert raw["nightly"]["work_pool"]["name"] == "cpu-pool"
+    # the GPU pool's deployment: the flow the nightly starts, with the GPU count, tracking URI and image as job variables
+    train = raw["train"]
+    assert train["entrypoint"] == "flows/train_remote.py:train_remote" and train["work_pool"]["name"] == "a100-pool"
+    assert importlib.import_module("flows.train_remote").train_remote.name == "train-remote"
+    # <flow name>/<deployment name>, as prefect.yaml registers it
+    assert inspect.signature(module.nightly.fn).parameters["train_deployment"].default == "train-remote/train"
+    assert raw["nightly"]["parameters"]["train_deployment"] == "train-remote/train"
+    variables = train["work_pool"]["job_variables"]
+    assert variables["env"]["PET_NPROC_PER_NODE"] == "gpu" and "MLFLOW_TRACKING_URI" in variables["env"] and "image" in variables
 
 
 # --- a mistyped params.yaml: one line per problem (file, dotted key, value, what is expected), exit 2 ---

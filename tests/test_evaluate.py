@@ -160,7 +160,7 @@ def test_the_stage_with_an_llm_judge_and_a_vision_row_then_a_rerun_makes_no_requ
         server.model = lambda body: judge_model(body) if "judge_data" in json.dumps(body) else "No. The glass is free of defects."
         llm = JudgeLLMParams(base_url=server.base_url, model="fake-judge", concurrency=2, backoff_s=0.0)
         params = Params(model=ModelParams(preset="tiny"), evaluate=EvaluateParams(
-            judge="auto", llm=llm, vision_model="fake-vision", rows=["model", "majority", "vision"], max_new_tokens=6, batch_size=8,
+            judge="llm", llm=llm, vision_model="fake-vision", rows=["model", "majority", "vision"], max_new_tokens=6, batch_size=8,
             bootstrap=200, max_questions=8, variance_subset=3, variance_repeats=2))
         report = ev.run_evaluate(params, layout, out_dir=tmp_path / "reports")
         assert report.judge == "llm" and report.rows == ["model", "majority", "vision:fake-vision"]

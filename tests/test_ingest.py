@@ -169,6 +169,20 @@ def test_a_pdf_without_pages_says_so(tmp_path):
     assert "Success" not in result.detail
 
 
+def test_new_papers_are_the_inbox_files_ingest_has_not_seen(tmp_path):
+    corpus, layout, inbox = _inbox(tmp_path)
+    (inbox / "README.md").write_text("drop PDFs here")
+    (inbox / "a.pdf").write_bytes(_two_column_paper())
+    (inbox / "copy-of-a.pdf").write_bytes(_two_column_paper())
+    (inbox / "notes.txt").write_text("not a paper")
+    found = ingest.new_papers(corpus, IngestParams(), layout)
+    assert sorted(Path(n["source"]).name for n in found) == ["a.pdf", "notes.txt"], "duplicates once, the README never"
+    run_ingest(corpus, IngestParams(), layout)
+    assert ingest.new_papers(corpus, IngestParams(), layout) == [], "ingested and quarantined inputs are both known"
+    (inbox / "b.pdf").write_bytes(_two_column_paper(title="Another glass"))
+    assert [Path(n["source"]).name for n in ingest.new_papers(corpus, IngestParams(), layout)] == ["b.pdf"]
+
+
 def test_the_inbox_readme_is_not_an_input_but_other_non_pdfs_are(tmp_path):
     corpus, layout, inbox = _inbox(tmp_path)
     (inbox / "README.md").write_text("# Inbox\n\nDrop PDFs here.\n")
@@ -283,6 +297,8 @@ def test_url_sources_download_retry_quarantine_and_remember(tmp_path, http_base,
         f"# papers to fetch\n{http_base}/ok.pdf\n\n{http_base}/flaky.pdf\n{http_base}/missing.pdf\n{http_base}/slow.pdf\n"
     )
     params = IngestParams(download_timeout_s=0.3, download_retries=1)
+    # the nightly flow's cheap look: every URL is new before the first run (nothing is fetched to find out)
+    assert [n["why"] for n in ingest.new_papers(corpus, params, layout)] == ["not downloaded yet"] * 4 and not _Handler.hits
     report = run_ingest(corpus, params, layout)
 
     assert _Handler.hits == {"/ok.pdf": 1, "/flaky.pdf": 2, "/missing.pdf": 1, "/slow.pdf": 2}
@@ -294,6 +310,10 @@ def test_url_sources_download_retry_quarantine_and_remember(tmp_path, http_base,
     assert {r["reason"] for r in failed.values()} == {"download_failed"}
     assert "404" in failed["missing.pdf"]["detail"] and "Timeout" in failed["slow.pdf"]["detail"]
 
+    # after it: the timeout is due again at once, the 404 only a day later
+    assert {n["source"].rsplit("/", 1)[1]: n["why"] for n in ingest.new_papers(corpus, params, layout)} == {"slow.pdf": "failed download due again"}
+    later = datetime.fromisoformat(ingest._now()) + timedelta(hours=25)
+    assert {n["source"].rsplit("/", 1)[1] for n in ingest.new_papers(corpus, params, layout, now=later)} == {"slow.pdf", "missing.pdf"}
     _Handler.hits.clear()
     again = run_ingest(corpus, params, layout)
     # downloaded and permanently failed URLs are remembered; a timeout is tried again next run

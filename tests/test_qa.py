@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from glassllava import qa, qa_rules
 from glassllava.llm import LLMClient, LLMError
@@ -326,15 +327,19 @@ def test_untrusted_text_is_escaped_in_the_page(tmp_path):
     assert "<script>" not in page
 
 
-def test_auto_uses_the_llm_only_when_configured(monkeypatch):
+def test_the_generator_is_the_tracked_switch_never_the_environment(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     assert qa.resolve_generator(QAParams()) == "offline"
+    with pytest.raises(LLMError, match="qa.generator is llm but no endpoint"):
+        qa.resolve_generator(QAParams(generator="llm"))
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    assert qa.resolve_generator(QAParams()) == "llm"
+    assert qa.resolve_generator(QAParams()) == "offline", "a key in the environment does not flip the switch"
+    assert qa.resolve_generator(QAParams(generator="llm")) == "llm"
     monkeypatch.delenv("OPENAI_API_KEY")
-    assert qa.resolve_generator(QAParams(llm=LLMParams(base_url="http://localhost:8000/v1"))) == "llm"
-    assert qa.resolve_generator(QAParams(generator="offline", llm=LLMParams(base_url="http://x/v1"))) == "offline"
+    assert qa.resolve_generator(QAParams(generator="llm", llm=LLMParams(base_url="http://localhost:8000/v1"))) == "llm"
+    with pytest.raises(ValidationError):
+        QAParams(generator="auto")
 
 
 # ---- the LLM client -------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ from glassllava.params import CorpusParams, DataLayout, FiguresParams, IngestPar
 from glassllava.synth import generate_corpus
 
 from ..conftest import REPO
+from .workspace import DVC, env_for, git, make_workspace, small_params
 
 pytestmark = pytest.mark.flow
 
@@ -57,37 +56,10 @@ def test_qa_flow_offline_and_with_an_llm(prefect_api, tmp_path, monkeypatch):
         assert qa_flow(params, layout)["requests"] == 0 and len(server.chat_requests()) == 3
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def test_dvc_repro_runs_every_stage_then_does_nothing(prefect_api, tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("glassllava", "flows", "tasks"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copytree(REPO / "data" / "inbox", repo / "data" / "inbox")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["corpus"]["generated"]["papers"] = 2
-    params["figures"]["dpi"] = 72
-    params["model"]["preset"] = "tiny"  # the same recipe and code path as the default, in seconds
-    params["train"].update(stage1_epochs=1.0, epochs=1.0, sample_answers=1, max_new_tokens=4)
-    params["evaluate"].update(max_questions=8, bootstrap=200, batch_size=8, max_new_tokens=4)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    _git(repo, "init", "-q")
-    _git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init")
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")},
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_API_URL": prefect_api,
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
-    dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "init", "-q"], cwd=repo, env=env, check=True)
-    first = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
+def test_dvc_repro_runs_every_stage_then_nothing_then_only_what_a_param_touches(prefect_api, tmp_path):
+    repo = make_workspace(tmp_path, small_params())
+    env = env_for(PREFECT_API_URL=prefect_api, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = subprocess.run([*DVC, "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for stage in ("corpus", "ingest", "figures", "qa", "gallery", "dataset", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
@@ -108,9 +80,48 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(prefect_api, tmp_path):
 
     assert MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias("glassllava", "candidate").version
     lock = (repo / "dvc.lock").read_text()
-    second = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
-    assert second.returncode == 0
-    # qa always runs (whether an LLM is configured lives in the environment) but does no work:
-    # its outputs are byte-identical, so the lock file does not change
-    assert [line for line in second.stdout.splitlines() if line.startswith("Running stage")] == ["Running stage 'qa':"]
+    # nothing changed: no stage runs (none is always_changed: the LLM switch is a param, not the environment)
+    second = subprocess.run([*DVC, "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert [line for line in second.stdout.splitlines() if line.startswith("Running stage")] == []
     assert (repo / "dvc.lock").read_text() == lock
+    # one param: only the stage that reads it
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["examples"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    third = subprocess.run([*DVC, "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-2000:]
+    assert [line for line in third.stdout.splitlines() if line.startswith("Running stage")] == ["Running stage 'evaluate':"]
+    # the default remote works out of the box: push here, pull into a fresh clone
+    pushed = subprocess.run([*DVC, "push"], cwd=repo, env=env, capture_output=True, text=True)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    assert any((repo / ".dvc-remote").rglob("*")), "the default remote .dvc-remote/ holds the pushed data"
+    git(repo, "add", "-A")  # dvc.lock, params.yaml and the metrics and plots DVC leaves to git (cache: false)
+    git(repo, "commit", "-q", "-m", "pipeline")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, env=env)
+    subprocess.run([*DVC, "remote", "modify", "--local", "local", "url", str(repo / ".dvc-remote")], cwd=clone, check=True, env=env)
+    pulled = subprocess.run([*DVC, "pull"], cwd=clone, env=env, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stdout[-2000:] + pulled.stderr[-2000:]
+    assert (clone / "data" / "model" / "config.json").is_file()
+    assert pq.read_table(clone / "data" / "figures" / "figures.parquet").equals(pq.read_table(repo / "data" / "figures" / "figures.parquet"))
+    status = subprocess.run([*DVC, "status"], cwd=clone, env=env, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_a_stage_started_by_hand_waits_for_nobody_but_is_refused_while_a_night_holds_the_workspace(tmp_path):
+    from glassllava import pipeline_lock
+
+    repo = tmp_path / "ws"
+    (repo / "data").mkdir(parents=True)
+    env = env_for()
+    with pipeline_lock.pipeline_lock(repo, "nightly flow run test-night") as held:
+        refused = subprocess.run([sys.executable, "-m", "flows.gallery", "--data", str(repo / "data")], cwd=REPO, env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 3 and "nightly flow run test-night" in refused.stderr and "busy" in refused.stderr
+        # the night's own stages (its dvc repro hands the token down) go on
+        entered = subprocess.run([sys.executable, "-c", "import sys; sys.argv=['x', '--data', sys.argv[1]]; "
+                                  "from flows._stage import stage_args; stage_args('probe'); print('entered')", str(repo / "data")],
+                                 cwd=REPO, env={**env, **held.env()}, capture_output=True, text=True, timeout=120)
+        assert entered.returncode == 0 and "entered" in entered.stdout, entered.stderr[-2000:]
+    assert pipeline_lock.holder(repo) is None
