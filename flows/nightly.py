@@ -33,13 +33,12 @@ from prefect.states import Cancelled
 
 from glassllava import pipeline_lock
 from glassllava.ingest import new_papers
+from flows.evaluate import HEADLINE as EVAL_HEADLINE
 from glassllava.params import DataLayout, load_params
 from tasks.pipeline import commit_lock, dvc_push, dvc_repro, dvc_status, git_head, sync
 
-log = logging.getLogger(__name__)
 BEFORE_TRAINING = ["dataset", "gallery"]  # the DVC targets reproduced on the CPU side
-HEADLINE = ("defect_accuracy", "defect_accuracy_none", "defect_accuracy_high", "quality", "proxy_quality", "features",
-            "proxy_feature_score", "eval_questions")
+HEADLINE = (*EVAL_HEADLINE, "eval_questions")
 
 
 def _champion(params) -> int | None:
@@ -166,7 +165,7 @@ def _night(workspace: Path, held, force, train_deployment, train_job_variables, 
     action = decision.get("action", "trained")
     from glassllava import tracking
 
-    url = trained.get("mlflow_run_url") or (tracking.run_url(trained["mlflow_run_id"]) if trained.get("mlflow_run_id") else None)
+    url = tracking.run_url(trained["mlflow_run_id"]) if trained.get("mlflow_run_id") else None
     return {
         **base, **trained, "mlflow_run_url": url, "stages_run": ran + trained.get("stages_run", []), "pushed": pushed,
         "action": action, "summary": f"{len(new)} new inputs; model version {trained.get('model_version')}: {action}",

@@ -23,6 +23,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from glassllava import pipeline_lock
+from glassllava.evaluate import reports_dir
 from glassllava.files import read_json
 from glassllava.params import DataLayout, load_params
 from tasks.evaluate import promote
@@ -47,7 +48,7 @@ def train_remote(repo: str = ".", git_rev: str | None = None, lock_token: str | 
         layout = DataLayout(Path(workspace) / "data")
         decision = promote(params, layout) if promote_candidate else None
     train_report = read_json(layout.train / "report.json")
-    eval_head = read_json(Path(workspace) / "reports" / "eval.json")
+    eval_head = read_json(reports_dir(layout) / "eval.json")
     logger.info("train-remote: stages %s; %s", ", ".join(ran) or "none (up to date)", decision and decision["action"])
     return {
         "stages_run": ran,
@@ -55,9 +56,8 @@ def train_remote(repo: str = ".", git_rev: str | None = None, lock_token: str | 
         "decision": decision,
         "headline": eval_head,
         "mlflow_run_id": train_report.get("mlflow_run_id"),
-        "mlflow_run_url": train_report.get("mlflow_run_url"),
         "model_version": train_report.get("model_version"),
-        "report": str(Path(workspace) / "reports" / "eval.html"),
+        "report": str(reports_dir(layout) / "eval.html"),
         "git_rev": git_head(workspace),
     }
 

@@ -183,6 +183,18 @@ def _retry_due(entry: dict, params: IngestParams, now: datetime) -> bool:
     return now - datetime.fromisoformat(entry["seen_at"]) >= timedelta(hours=hours)
 
 
+def _why_fetch(entry: dict | None, params: IngestParams, now: datetime, retry_failed: bool = False) -> str | None:
+    """Why a URL with this downloads.json entry is (re)fetched on this run; None: it is not (its file is here, or it
+    failed for good and is not due again)."""
+    if entry is None:
+        return "not downloaded yet"
+    if entry["status"] == "ok":
+        return None if Path(entry["path"]).is_file() else "downloaded file missing"
+    if entry.get("permanent") and not retry_failed and not _retry_due(entry, params, now):
+        return None
+    return "failed download due again"
+
+
 def _fetch_urls(
     sources: list[Source], params: IngestParams, layout: DataLayout, progress: Progress | None, retry_failed: bool = False
 ) -> tuple[list[Source], list[dict], int, int]:
@@ -197,10 +209,10 @@ def _fetch_urls(
     urls = [s for s in sources if s.kind == "url"]
     for i, src in enumerate(urls, 1):
         entry = index.get(src.location)
-        if entry and entry["status"] == "ok" and Path(entry["path"]).is_file():
+        why = _why_fetch(entry, params, datetime.fromisoformat(_now()), retry_failed)
+        if why is None and entry["status"] == "ok":
             out.append(Source(src.location, "url", Path(entry["path"])))
-        elif (entry and entry["status"] == "failed" and entry.get("permanent") and not retry_failed
-              and not _retry_due(entry, params, datetime.fromisoformat(_now()))):
+        elif why is None:
             log.info("%s failed before (%s); not tried again yet (ingest.download_retry_hours; "
                      "`glassllava ingest --retry-downloads` tries now)", src.location, entry["detail"])
             failures.append(_download_failure_row(src, entry["detail"], entry["seen_at"]))
@@ -522,13 +534,8 @@ def new_papers(corpus: CorpusParams, params: IngestParams, layout: DataLayout, n
     seen: set[str] = set()
     for src in collect_sources(corpus, layout):
         if src.kind == "url":
-            entry = index.get(src.location)
-            if entry is None:
-                out.append({"source": src.location, "kind": "url", "why": "not downloaded yet"})
-            elif entry["status"] == "ok" and not Path(entry["path"]).is_file():
-                out.append({"source": src.location, "kind": "url", "why": "downloaded file missing"})
-            elif entry["status"] == "failed" and (not entry.get("permanent") or _retry_due(entry, params, now)):
-                out.append({"source": src.location, "kind": "url", "why": "failed download due again"})
+            if why := _why_fetch(index.get(src.location), params, now):
+                out.append({"source": src.location, "kind": "url", "why": why})
             continue
         assert src.path is not None
         sha = sha256_file(src.path)
