@@ -621,29 +621,42 @@ def bench_learn(
 @bench_app.command("train")
 def bench_train(
     preset: Annotated[str, typer.Option("--preset", help="tiny | small | small-lora | paper | paper-lora")] = "small",
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per step.")] = 8,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps (after 2 warm-up steps).")] = 5,
-    text_tokens: Annotated[int, typer.Option("--text-tokens", min=8, help="Text tokens per sample besides the image block.")] = 80,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Conversations per micro-batch.")] = 8,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed optimizer steps (after the warm-up steps).")] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", min=1, help="Untimed steps first (compilation happens there).")] = 2,
+    text_tokens: Annotated[int, typer.Option("--text-tokens", min=8, help="Text tokens per conversation besides the image block.")] = 80,
+    spread: Annotated[float, typer.Option("--spread", min=0.0, max=0.9, help="Text lengths drawn uniformly within ± this fraction (padding to cut).")] = 0.0,
     random_init: Annotated[bool, typer.Option("--random-init", help="The preset's shapes with random weights (no weights needed).")] = False,
-    checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Activation checkpointing in the language model.")] = False,
+    baseline: Annotated[bool, typer.Option("--baseline", help="Also time the plain transformers step in the same run (ratio in `speedup`).")] = False,
+    checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Default: params.")] = None,
+    every_n: Annotated[Optional[int], typer.Option("--every-n-layers", min=1, help="Checkpoint every n-th decoder layer (default: params).")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack conversations into rows (default: params).")] = None,
+    loss_chunk: Annotated[Optional[int], typer.Option("--loss-chunk", min=1, help="Supervised tokens per head+loss chunk (default: params).")] = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile each decoder layer (default: params).")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", min=1, help="Micro-batches per optimizer step (default: params).")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto | fp32 | bf16-autocast (default: params train.precision).")] = None,
     params: ParamsOpt = Path("params.yaml"),
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the result JSON here.")] = None,
 ) -> None:
-    """Time training steps of a preset on synthetic batches: samples/s, tokens/s, MFU, peak memory (CPU or GPU).
+    """Time training steps of a preset on synthetic conversations: samples/s, tokens/s, MFU, peak memory (CPU or GPU).
 
-    Example: glassllava bench train --preset small --batch 8 --out bench-results/train-small.json
+    The step is the training stage's own, with the levers of params.yaml's train section (each option
+    here overrides one); --baseline times the plain transformers step beside it on the same data.
+
+    Example: glassllava bench train --preset paper --random-init --baseline --batch 8 --text-tokens 200 --out train.json
     """
-    from glassllava.learn_bench import run_train_benchmark
     from glassllava.model import ModelWeightsMissing
+    from glassllava.train_bench import run_train_benchmark
 
     p = _load(params)
     if precision not in (None, "auto", "fp32", "bf16-autocast"):
         _fail(f"--precision {precision}: expected auto, fp32 or bf16-autocast")
+    chosen = {"gradient_checkpointing": checkpointing, "gradient_checkpointing_every_n_layers": every_n, "packing": packing,
+              "loss_chunk": loss_chunk, "compile": compile_, "grad_accum": grad_accum, "precision": precision}
+    train = p.train.model_copy(update={k: v for k, v in chosen.items() if v is not None})
     try:
-        result = run_train_benchmark(p.model.model_copy(update={"preset": preset}), batch=batch, steps=steps, text_tokens=text_tokens,
-                                     random_init=random_init, gradient_checkpointing=checkpointing,
-                                     precision=precision or p.train.precision)
+        result = run_train_benchmark(p.model.model_copy(update={"preset": preset}), train, batch=batch, steps=steps, warmup=warmup,
+                                     text_tokens=text_tokens, spread=spread, random_init=random_init, baseline=baseline)
     except ModelWeightsMissing as e:
         _fail(str(e))
     _write_result(result, out)

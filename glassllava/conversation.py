@@ -120,14 +120,19 @@ def encode(
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # (B, T) right-padded
-    attention_mask: torch.Tensor  # (B, T)
+    input_ids: torch.Tensor  # (B, T) right-padded, or (1, T) packed
+    attention_mask: torch.Tensor | None  # (B, T); None for a packed row (position_ids say where conversations start)
     labels: torch.Tensor  # (B, T), -100 on prompt, image and padding
     image_shas: list[str]
     tokens: int  # non-padding tokens (text + image placeholders)
+    position_ids: torch.Tensor | None = None  # (1, T) packed: 0, 1, ... restarting at every conversation
 
     def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.image_shas, self.tokens)
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return Batch(self.input_ids.to(device), move(self.attention_mask), self.labels.to(device), self.image_shas, self.tokens,
+                     move(self.position_ids))
 
 
 def collate(samples: list[tuple[Encoded, str]], pad_id: int) -> Batch:
@@ -142,3 +147,50 @@ def collate(samples: list[tuple[Encoded, str]], pad_id: int) -> Batch:
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
     return Batch(ids, mask, labels, [sha for _, sha in samples], int(mask.sum()))
+
+
+def pack(samples: list[tuple[Encoded, str]], pad_id: int, row_tokens: int) -> Batch:
+    """Conversations packed into rows of at most ``row_tokens`` tokens: the same tokens, labels and loss as
+    ``collate``, with padding only at the end of the shorter rows.
+
+    Positions restart at 0 for every conversation. With no attention mask, transformers reads those
+    restarts as packed sequences and keeps attention inside each conversation (its packed-sequence
+    mask for SDPA and FlexAttention, variable-length kernels for flash attention). A conversation's
+    first token is never supervised (it is prompt), so the shifted loss never reaches across a
+    boundary; a row's padding comes after its last conversation and, attention being causal, changes
+    nothing before it. Rows are filled first-fit in the given order (image features follow the same
+    order); a conversation longer than ``row_tokens`` gets a row of its own.
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index, (e, _) in enumerate(samples):
+        if e.labels[0] != IGNORE:
+            raise ValueError("a packed conversation must start with an unsupervised token")
+        n = len(e.input_ids)
+        fit = next((r for r, left in enumerate(room) if left >= n), None)
+        if fit is None:
+            rows.append([])
+            room.append(row_tokens)
+            fit = len(rows) - 1
+        rows[fit].append(index)
+        room[fit] -= n
+    width = max(sum(len(samples[i][0].input_ids) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    order: list[int] = []
+    for r, row in enumerate(rows):
+        col = 0
+        for i in row:
+            e = samples[i][0]
+            n = len(e.input_ids)
+            ids[r, col : col + n] = torch.tensor(e.input_ids)
+            labels[r, col : col + n] = torch.tensor(e.labels)
+            positions[r, col : col + n] = torch.arange(n)
+            col += n
+        if col < width:  # padding continues the row's last conversation (never attended to by real tokens)
+            start = positions[r, col - 1] + 1
+            positions[r, col:] = torch.arange(start, start + width - col)
+        order += row
+    tokens = sum(len(e.input_ids) for e, _ in samples)
+    return Batch(ids, None, labels, [samples[i][1] for i in order], tokens, positions)

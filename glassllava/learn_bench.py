@@ -1,4 +1,4 @@
-"""``glassllava bench learn`` and ``glassllava bench train``: does the model learn, and how fast does it train.
+"""``glassllava bench learn``: does the model learn (``glassllava.train_bench`` times the steps).
 
 bench learn builds a generated corpus large enough to measure (by default 30 papers with 45 % of the
 papers held out: 53 eval images, so one question is worth under 2 points), runs the pipeline on
@@ -11,16 +11,11 @@ scores the held-out papers' questions:
   better than ``majority_rate`` the model's accuracy comes from the pixels, not from the question;
 - ``majority_rate``: the share of the majority label among the eval defect questions;
 - ``token_f1``: answers against the reference answers (all question types).
-
-bench train times training steps on synthetic batches of realistic length (image tokens + text) on
-whatever device is there: samples/s, tokens/s, MFU (notes/training.md §4) and peak memory.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import statistics
 import time
 from collections import defaultdict
@@ -28,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from glassllava.params import CONTEXT_LEVELS, DataLayout, ModelParams, Params
+from glassllava.params import CONTEXT_LEVELS, DataLayout, Params
 
 log = logging.getLogger(__name__)
 
@@ -133,76 +128,4 @@ def run_learn_benchmark(params: Params, work: Path, *, papers: int = 30, seed: i
         "wall_s": round(train_s + score_s, 1),  # training and scoring; the corpus build is data_prep_s
         "device": report.device,
         "threads": torch.get_num_threads(),
-    }
-
-
-# ---- bench train --------------------------------------------------------------------------------
-def run_train_benchmark(model_params: ModelParams, *, batch: int, steps: int = 10, warmup: int = 2, text_tokens: int = 200,
-                        random_init: bool = False, gradient_checkpointing: bool = False, lr: float = 1e-5, precision: str = "auto") -> dict:
-    """Time ``steps`` optimizer steps (after ``warmup``) of the recipe's own loss on synthetic batches."""
-    from glassllava.model import apply_lora, build_model
-    from glassllava.train import AnswerLoss, device_peak_flops, lm_matmul_params, peak_memory_gib, sample_flops, uses_bf16_autocast
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    built = build_model(model_params, random_init=random_init)
-    model = built.model.to(device)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if built.preset.lora:
-        model = apply_lora(model, model_params)
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hf.model.vision_tower.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=lr, fused=True)
-    cfg = hf.config
-    n_img = cfg.image_seq_length
-    seq = n_img + text_tokens + 8
-    vocab = cfg.text_config.vocab_size
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, min(vocab, 30000), (batch, seq), generator=gen)
-    ids[:, 4 : 4 + n_img] = cfg.image_token_id
-    labels = ids.clone()
-    labels[:, : 4 + n_img + text_tokens // 2] = -100  # the prompt and image are not supervised; half the text is the answer
-    mask = torch.ones_like(ids)
-    with torch.no_grad():
-        pixel = torch.randn(batch, 3, built.preset.image_size, built.preset.image_size)
-        from glassllava.train import tower_features
-
-        feats = tower_features(hf, pixel.to(device, next(hf.model.vision_tower.parameters()).dtype)).float()
-    ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-    loss_fn = AnswerLoss(model)
-    autocast = uses_bf16_autocast(device, precision)
-    text = cfg.text_config
-    n_params = lm_matmul_params(model)
-    flops_per_step = batch * sample_flops(seq, n_params=n_params, layers=text.num_hidden_layers, width=text.hidden_size, trains_lm=not built.preset.lora)
-    losses = []
-
-    def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            loss = loss_fn(ids, mask, labels, feats)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    for _ in range(warmup):
-        losses.append(step())
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        losses.append(step())
-    if device == "cuda":
-        torch.cuda.synchronize()
-    sec = time.perf_counter() - t
-    peak, source = device_peak_flops(device, bf16=autocast)
-    final = float(losses[-1])
-    return {
-        "preset": model_params.preset, "random_init": random_init, "batch": batch, "seq_len": seq, "image_tokens": n_img, "steps": steps,
-        "samples_per_s": round(batch * steps / sec, 3), "tokens_per_s": round(batch * seq * steps / sec, 1),
-        "step_s": round(sec / steps, 4), "mfu": round(flops_per_step * steps / sec / peak, 5), "peak_flops": peak, "peak_source": source,
-        "peak_mem_gib": round(peak_memory_gib(device), 3), "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "threads": torch.get_num_threads(), "trainable_params": sum(p.numel() for p in trainable), "lm_matmul_params": n_params,
-        "gradient_checkpointing": gradient_checkpointing, "precision": "bf16-autocast" if autocast else "fp32", "loss_finite": math.isfinite(final), "final_loss": round(final, 4),
     }

@@ -345,15 +345,19 @@ def _adopt(meta_module: torch.nn.Module, source: torch.nn.Module) -> None:
         raise RuntimeError(f"weights missing after loading: {left[:5]}")
 
 
-def build_paper(preset: Preset, params: ModelParams, random_init: bool = False) -> Built:
-    """CLIP ViT-L/14 + a Llama in ``LlavaForConditionalGeneration`` (weights from params, or random shapes)."""
+def build_paper(preset: Preset, params: ModelParams, random_init: bool = False, device: str = "cpu") -> Built:
+    """CLIP ViT-L/14 + a Llama in ``LlavaForConditionalGeneration`` (weights from params, or random shapes).
+
+    Random shapes are made directly on ``device``: initialising 7B parameters on a GPU takes seconds, on
+    two CPU cores minutes."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     patch = 14
     tokens = (preset.image_size // patch) ** 2
     if random_init:
         vision_config = CLIPVisionConfig(image_size=preset.image_size, **CLIP_VIT_L14)
-        text_config = LlamaConfig(**OPENLLAMA_7B)
+        # OpenLLaMA's 32,000 tokens plus <image>, padded to a multiple of 64 as _resize_vocab does for real weights
+        text_config = LlamaConfig(**{**OPENLLAMA_7B, "vocab_size": OPENLLAMA_7B["vocab_size"] + 64})
         tokenizer, tower, lm = None, None, None
         sources = {"vision": "random (ViT-L/14 shape)", "llm": "random (OpenLLaMA-7B shape)"}
     else:
@@ -369,17 +373,17 @@ def build_paper(preset: Preset, params: ModelParams, random_init: bool = False) 
         lm = AutoModelForCausalLM.from_pretrained(params.llm_weights, dtype=torch.float32)
         text_config = lm.config
         sources = {"vision": params.vision_weights, "llm": params.llm_weights}
-    image_token = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) if tokenizer else text_config.vocab_size
+    image_token = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) if tokenizer else OPENLLAMA_7B["vocab_size"]  # the first row past the text vocabulary
     config = LlavaConfig(
         vision_config=vision_config, text_config=text_config, image_token_index=image_token, image_seq_length=tokens,
         vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
     )
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
-    if random_init:
-        model.to_empty(device="cpu")
-        model.apply(model._init_weights)
+    if random_init:  # made where it runs, buffers included (CLIP's position ids, the rotary frequencies)
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config)
     else:
+        with torch.device("meta"):  # the pretrained parts replace these weights: no time spent initialising them
+            model = LlavaForConditionalGeneration(config)
         _adopt(model.model.vision_tower, tower)
         _adopt(model.model.language_model, lm.model)
         model.lm_head.load_state_dict(lm.lm_head.state_dict(), assign=True)
@@ -394,8 +398,11 @@ def build_paper(preset: Preset, params: ModelParams, random_init: bool = False) 
     return Built(model, processor, preset, sources)
 
 
-def build_model(params: ModelParams, *, random_init: bool = False, seed: int = 0) -> Built:
-    """The preset's model with its processor, pretrained parts loaded, the vision tower frozen."""
+def build_model(params: ModelParams, *, random_init: bool = False, seed: int = 0, device: str = "cpu") -> Built:
+    """The preset's model with its processor, pretrained parts loaded, the vision tower frozen.
+
+    ``device`` places random-init paper shapes where they are made (throughput runs); other models are
+    built on the CPU and moved by the caller."""
     preset = preset_of(params)
     torch.manual_seed(seed)  # the projector's (and tiny's) initial weights follow the seed
     if preset.name == "tiny":
@@ -403,7 +410,7 @@ def build_model(params: ModelParams, *, random_init: bool = False, seed: int = 0
     elif preset.name in ("small", "small-lora"):
         built = build_small_random(preset) if random_init else build_small(preset, params)
     else:
-        built = build_paper(preset, params, random_init=random_init)
+        built = build_paper(preset, params, random_init=random_init, device=device if random_init else "cpu")
     if preset.freeze_vision:
         built.model.model.vision_tower.requires_grad_(False)
         built.model.model.vision_tower.eval()

@@ -202,6 +202,12 @@ class TrainParams(_Section):
     # auto: bf16 autocast + fp32 master weights on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32
     precision: Literal["auto", "fp32", "bf16-autocast"] = "auto"
     gradient_checkpointing: bool = False
+    gradient_checkpointing_every_n_layers: int = Field(1, ge=1)  # with gradient_checkpointing: only every n-th decoder layer
+    # step speed levers, each tested to give the plain step's loss (README "Training at GPU scale")
+    packing: bool = False  # a micro-batch's conversations packed into rows of pack_tokens: no padding, attention kept inside each
+    pack_tokens: int = Field(2048, ge=64)
+    loss_chunk: int | None = Field(None, ge=1)  # head + loss on this many supervised tokens at a time: the logits never exist at once
+    compile: bool = False  # torch.compile each decoder layer (the first steps compile; GPUs, and CPUs with a C++ compiler)
     distributed: Literal["ddp", "fsdp"] = "ddp"  # under torchrun; fsdp for the 7B full fine-tune
     # a resumable checkpoint (exact resume after a kill) after this many steps or minutes since the last one,
     # whichever comes first; null turns a rule off. Time suits every model size: a full-FT checkpoint of the

@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from glassllava.conversation import IGNORE, Batch, ConversationError, Encoded, collate, encode
+from glassllava.conversation import IGNORE, Batch, ConversationError, Encoded, collate, encode, pack
 from glassllava.files import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from glassllava.model import PRESETS, Built, apply_lora, build_model, check_weights, computes_bf16_natively, save_model
 from glassllava.params import DataLayout, Params, load_params_or_exit
@@ -226,28 +226,82 @@ class AnswerLoss(torch.nn.Module):
     """Mean cross-entropy over supervised tokens, from cached tower features (what DDP/FSDP wrap).
 
     Calls the transformers model's own projector, decoder and head; computes logits only at supervised
-    positions (equal to the model's ``labels=`` loss, tested).
+    positions (equal to the model's ``labels=`` loss, tested). ``loss_chunk`` (``train.loss_chunk``) goes
+    further: the head and the loss run on that many supervised tokens at a time and are recomputed in the
+    backward pass, so the (tokens x vocabulary) fp32 logits and their gradient never exist at once.
+    A packed batch passes ``position_ids`` and no attention mask (``conversation.pack``).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, *, loss_chunk: int | None = None):
         super().__init__()
         self.model = model  # the transformers model (or its peft wrapper)
+        self.loss_chunk = loss_chunk
 
     def hf(self):
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids, attention_mask, labels, features):
+    def forward(self, input_ids, attention_mask, labels, features, position_ids=None):
         hf = self.hf()
         projected = hf.model.multi_modal_projector(features.to(hf.model.multi_modal_projector.linear_1.weight.dtype))
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         pooled = projected if hf.config.model_type == "fast_vlm" else list(projected)  # Llava concatenates a list
-        out = hf.model(input_ids=input_ids, attention_mask=attention_mask, mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=pooled)}, use_cache=False)
+        out = hf.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=pooled)}, use_cache=False)
         hidden = out.last_hidden_state[:, :-1]
         target = labels[:, 1:]
         keep = target != IGNORE
-        logits = hf.lm_head(hidden[keep])
-        return F.cross_entropy(logits.float(), target[keep])
+        return answer_cross_entropy(hf.lm_head, hidden[keep], target[keep], self.loss_chunk)
+
+
+def answer_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``head(hidden)`` against ``target`` ((N, d) and (N,)), in fp32.
+
+    With ``chunk``, ``chunk`` rows at a time under activation checkpointing: each chunk's logits are
+    freed after its loss and made again in the backward pass (one extra head matmul, about 2 % of a
+    7B step), so peak memory holds one chunk's logits instead of all of them.
+    """
+    if not chunk or len(target) <= chunk:
+        return F.cross_entropy(head(hidden).float(), target)
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), t, reduction="sum")
+
+    total = sum(checkpoint(chunk_loss, h, t, use_reentrant=False) for h, t in zip(hidden.split(chunk), target.split(chunk)))
+    return total / len(target)
+
+
+def enable_checkpointing(model, every_n_layers: int = 1) -> None:
+    """Activation checkpointing on every ``every_n_layers``-th decoder layer of the language model (1: all; 0: none).
+
+    Selective rather than all or nothing: a layer that keeps its activations is not recomputed, so
+    checkpointing half of them trades half the memory back for a third less recompute. Uses the
+    transformers layer flag (``GradientCheckpointingLayer.gradient_checkpointing``), set per layer here so
+    it behaves the same on transformers versions with and without ``every_n_layers``.
+    """
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if every_n_layers == 0:  # off: every layer keeps its activations
+        for layer in hf.model.language_model.layers:
+            layer.gradient_checkpointing = False
+        return
+    enable = getattr(hf, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for index, layer in enumerate(hf.model.language_model.layers):
+        layer.gradient_checkpointing = index % every_n_layers == 0
+
+
+def compile_layers(model) -> int:
+    """``torch.compile`` each decoder layer in place (fuses the norms, rotary embedding, SiLU gate and residual
+    adds between the matmuls); the embedding, the head and the loss stay eager. Returns the layer count."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = hf.model.language_model.layers
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 # ---- FLOPs and MFU (notes/training.md §4) ---------------------------------------------------------
@@ -285,12 +339,12 @@ def device_peak_flops(device: str, bf16: bool = False) -> tuple[float, str]:
         for key, peak in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10", 125e12)):
             if key in name:
                 return peak, f"{name} bf16 datasheet"
-        return _measured_matmul(device, torch.bfloat16), f"{name} measured bf16 matmul"
+        return measured_matmul_flops(device, torch.bfloat16), f"{name} measured bf16 matmul"
     dtype = torch.bfloat16 if bf16 else torch.float32
-    return _measured_matmul("cpu", dtype), f"measured {'bf16' if bf16 else 'fp32'} matmul on this CPU"
+    return measured_matmul_flops("cpu", dtype), f"measured {'bf16' if bf16 else 'fp32'} matmul on this CPU"
 
 
-def _measured_matmul(device: str, dtype: torch.dtype) -> float:
+def measured_matmul_flops(device: str, dtype: torch.dtype) -> float:
     """The best of several large matmuls: the rate this device reaches on dense work."""
     cuda = device.startswith("cuda")
     n, reps = (8192, 10) if cuda else (2048, 3)
@@ -462,9 +516,11 @@ class Recipe:
         self.device_type = "cuda" if self.dist.device.startswith("cuda") else "cpu"
         model.to(self.dist.device)
         if t.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model, t.gradient_checkpointing_every_n_layers)
         if self.built.preset.lora:
             self.built.model = apply_lora(model, self.params.model)
+        if t.compile:
+            compile_layers(self.built.model)
         self._setup_data()
         self.plans = self._plan_stages()
 
@@ -555,7 +611,7 @@ class Recipe:
         with self._tracking(report, state) as run:
             for stage_index, plan in enumerate(self.plans):
                 if not hasattr(self, "loss_module"):
-                    self.loss_module = AnswerLoss(self.built.model)  # one instance: FSDP shards it once, eval reuses it
+                    self.loss_module = AnswerLoss(self.built.model, loss_chunk=t.loss_chunk)  # one instance: FSDP shards it once, eval reuses it
                 if self.fsdp:
                     wrapped = self._wrap(self.loss_module)  # sharding replaces the parameters: collect them afterwards
                 groups = self._trainable(plan)
@@ -657,13 +713,13 @@ class Recipe:
         device = self.dist.device
         loss_total, tokens, n = 0.0, 0, 0
         for k, mb in enumerate(micro_batches):
-            batch = collate([(samples[i].encoded, samples[i].image_sha) for i in mb], self.built.tokenizer.pad_token_id).to(device)
+            batch = self._batch([(samples[i].encoded, samples[i].image_sha) for i in mb]).to(device)
             feats = torch.stack([self.features[sha] for sha in batch.image_shas]).to(device)
             sync = contextlib.nullcontext()
             if hasattr(wrapped, "no_sync") and k < len(micro_batches) - 1:
                 sync = wrapped.no_sync()
             with sync, torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
-                loss = wrapped(batch.input_ids, batch.attention_mask, batch.labels, feats) / len(micro_batches)
+                loss = wrapped(batch.input_ids, batch.attention_mask, batch.labels, feats, batch.position_ids) / len(micro_batches)
                 loss.backward()
             loss_total += float(loss.detach())
             tokens += batch.tokens
@@ -673,6 +729,12 @@ class Recipe:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss_total, tokens, n
+
+    def _batch(self, items: list[tuple]):
+        """A micro-batch as the model takes it: packed rows (``train.packing``) or right-padded rows."""
+        if self.train.packing:
+            return pack(items, self.built.tokenizer.pad_token_id, self.train.pack_tokens)
+        return collate(items, self.built.tokenizer.pad_token_id)
 
     def _rates(self, totals: dict, report: TrainReport) -> dict:
         sec = max(totals["seconds"], 1e-9)
