@@ -32,16 +32,41 @@ def _answers(url: str) -> bool:
         return False
 
 
+def stale_pid_file(prefect_home: Path) -> None:
+    """A server.pid naming a process that has exited, as a killed server or a reboot leaves it."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    (prefect_home / "server.pid").write_text(done.stdout.strip())
+
+
+def test_with_prefect_server_starts_a_server_past_a_stale_pid_file_and_runs_the_command(tmp_path):
+    port = _free_port()
+    home = tmp_path / "prefect-home"
+    stale_pid_file(home)
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PREFECT_HOME=str(home), GLASSLLAVA_PREFECT_PORT=str(port))
+    try:
+        done = subprocess.run([str(REPO / "scripts" / "with-prefect-server"), sys.executable, "-c", "import os; print(os.environ['PREFECT_API_URL'])"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert f"http://127.0.0.1:{port}/api" in done.stdout.splitlines() and "fall back" not in done.stderr
+        assert _answers(f"http://127.0.0.1:{port}/api/health")
+    finally:
+        subprocess.run(["prefect", "server", "stop"], env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_ui_starts_both_servers_wires_the_flows_and_stops(tmp_path):
     ws = tmp_path / "ws"
     (ws / "scripts").mkdir(parents=True)
-    shutil.copy(REPO / "scripts" / "ui", ws / "scripts" / "ui")
+    for script in ("ui", "prefect-pid.sh"):
+        shutil.copy(REPO / "scripts" / script, ws / "scripts" / script)
     for name in ("flows", "glassllava", "tasks"):
         (ws / name).symlink_to(REPO / name)
     prefect_port, mlflow_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", PREFECT_HOME=str(tmp_path / "prefect-home"),
                GLASSLLAVA_PREFECT_PORT=str(prefect_port), GLASSLLAVA_MLFLOW_PORT=str(mlflow_port))
+    stale_pid_file(tmp_path / "prefect-home")  # a server that died: its PID file must not stop a new one
     try:
         started = subprocess.run(["scripts/ui", "start"], cwd=ws, env=env, capture_output=True, text=True, timeout=400)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
