@@ -137,9 +137,6 @@ def run_train_benchmark(model_params: ModelParams, train: TrainParams, *, batch:
         features = tower_features(hf, pixels).float()  # what training reads from its per-image cache
     n_params = lm_matmul_params(model)
     trains_lm = not built.preset.lora
-    tokens_per_step = [sum(len(e.input_ids) for g in groups[k * micro : (k + 1) * micro] for e in g) for k in range(4)]
-    flops_per_step = [sum(sample_flops(len(e.input_ids), n_params=n_params, layers=text.num_hidden_layers, width=text.hidden_size, trains_lm=trains_lm)
-                          for g in groups[k * micro : (k + 1) * micro] for e in g) for k in range(4)]
     peak, peak_source = device_peak_flops(device, bf16=autocast)
 
     def padded(group):
@@ -150,13 +147,14 @@ def run_train_benchmark(model_params: ModelParams, train: TrainParams, *, batch:
             return pack([(e, str(i)) for i, e in enumerate(group)], pad, train.pack_tokens).to(device)
         return padded(group)
 
-    def rates(t: dict, steps_run: int) -> dict:
-        done = [k % 4 for k in range(warmup, warmup + steps_run)]
-        samples = batch * micro * steps_run
-        tokens = sum(tokens_per_step[k] for k in done)
-        flops = sum(flops_per_step[k] for k in done)
-        return {"samples_per_s": round(samples / t["seconds"], 3), "tokens_per_s": round(tokens / t["seconds"], 1), "mfu": round(flops / t["seconds"] / peak, 5),
-                "step_s": round(t["step_s"], 4)}
+    def rates(t: dict, accum: int) -> dict:
+        """Rates over the conversations the timed steps took (``accum`` micro-batches a step; the plain step takes one)."""
+        done = [e for i in range(warmup, warmup + steps) for g in groups[(i % 4) * micro : (i % 4) * micro + accum] for e in g]
+        tokens = sum(len(e.input_ids) for e in done)
+        flops = sum(sample_flops(len(e.input_ids), n_params=n_params, layers=text.num_hidden_layers, width=text.hidden_size, trains_lm=trains_lm)
+                    for e in done)
+        return {"samples_per_s": round(len(done) / t["seconds"], 3), "tokens_per_s": round(tokens / t["seconds"], 1),
+                "mfu": round(flops / t["seconds"] / peak, 5), "step_s": round(t["step_s"], 4)}
 
     loss_module = AnswerLoss(model, loss_chunk=train.loss_chunk)
 
@@ -231,7 +229,7 @@ def run_train_benchmark(model_params: ModelParams, train: TrainParams, *, batch:
         try:
             t = _timed(stepper(loss_of, accum, optimizer), warmup=warmup, steps=steps, device=device)
             t["breakdown"] = breakdown(loss_of, accum, optimizer)
-            return {**t, **rates(t, steps)} if accum == micro else {**t, **_plain_rates(t, steps, accum)}
+            return {**t, **rates(t, accum)}
         except torch.OutOfMemoryError as e:
             return {"oom": True, "error": str(e).splitlines()[0][:300]}
         finally:
@@ -239,16 +237,6 @@ def run_train_benchmark(model_params: ModelParams, train: TrainParams, *, batch:
                 p.grad = None
             del optimizer
             _free(device)
-
-    def _plain_rates(t: dict, steps_run: int, accum: int) -> dict:
-        # the plain step takes one micro-batch per optimizer step: the first `batch` conversations of each group
-        done = [k % 4 for k in range(warmup, warmup + steps_run)]
-        first = [groups[k * micro] for k in done]
-        tokens = sum(len(e.input_ids) for g in first for e in g)
-        flops = sum(sample_flops(len(e.input_ids), n_params=n_params, layers=text.num_hidden_layers, width=text.hidden_size, trains_lm=trains_lm)
-                    for g in first for e in g)
-        return {"samples_per_s": round(batch * steps_run / t["seconds"], 3), "tokens_per_s": round(tokens / t["seconds"], 1),
-                "mfu": round(flops / t["seconds"] / peak, 5), "step_s": round(t["step_s"], 4)}
 
     if baseline:
         enable_checkpointing(model, 1 if train.gradient_checkpointing else 0)

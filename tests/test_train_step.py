@@ -229,7 +229,6 @@ def test_the_matrix_runs_each_setting_in_its_own_process_and_writes_after_each(t
     name = CPU_MATRIX[0][0]
     assert on_disk["settings"][name]["samples_per_s"] > 0, on_disk["settings"][name]
     assert results["settings"][name]["loss_agreement"]["abs_diff"] < 1e-3 and on_disk["settings"][name]["wall_s"] > 0
-    assert sys.executable  # the child ran with this interpreter
 
 
 @pytest.mark.slow  # ~1 min: two 2-process runs
